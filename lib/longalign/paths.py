@@ -1,0 +1,64 @@
+"""Every path the project writes or reads, built from one ROOT (showyourwork style).
+
+``LONGALIGN_OUTPUTS`` redirects all outputs (tests point it at a temporary folder);
+``LONGALIGN_CACHE`` redirects caches (tokenizers, converted models, API responses).
+Nothing else in the project builds output paths by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT: Path = Path(__file__).resolve().parents[2]
+CONFIGS: Path = ROOT / "configs"
+NOTEBOOKS: Path = ROOT / "notebooks"
+SHARED: Path = ROOT.parent / "shared"  # reference material beside a checkout; optional, never required
+
+
+def outputs() -> Path:
+    """Root of everything the notebooks write (``outputs/`` unless ``LONGALIGN_OUTPUTS`` is set)."""
+    return Path(os.environ.get("LONGALIGN_OUTPUTS", ROOT / "outputs")).resolve()
+
+
+def cache() -> Path:
+    """Root of reusable caches (``~/.cache/longalign`` unless ``LONGALIGN_CACHE`` is set)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "longalign"
+    return Path(os.environ.get("LONGALIGN_CACHE", default)).resolve()
+
+
+def _sub(base: Path, *parts: str) -> Path:
+    path = base.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_dir() -> Path:
+    """``outputs/data``: constructed JSONL data and tokenized Arrow datasets."""
+    return _sub(outputs(), "data")
+
+
+def models_dir() -> Path:
+    """``outputs/models``: context-extended and trained checkpoints."""
+    return _sub(outputs(), "models")
+
+
+def runs_dir() -> Path:
+    """``outputs/runs``: one JSON record (and checkpoints) per training run."""
+    return _sub(outputs(), "runs")
+
+
+def results_dir(kind: str) -> Path:
+    """``outputs/results/<kind>``: one JSON record per judged item or grid cell."""
+    return _sub(outputs(), "results", kind)
+
+
+def figures_dir() -> Path:
+    """``outputs/figures``: every figure as PNG and PDF."""
+    return _sub(outputs(), "figures")
+
+
+def shared_data(*parts: str) -> Path | None:
+    """A file or folder under ``../shared/data`` if this checkout has one, else None."""
+    path = SHARED.joinpath("data", *parts)
+    return path if path.exists() else None
