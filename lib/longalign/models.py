@@ -125,7 +125,15 @@ def smollm2_dir() -> Path:
     if (folder / "config.json").is_file():
         return folder
     gguf = _smollm2_gguf()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model is flagged as quantized and refuses save_pretrained: copy the
+    # de-quantized weights into a plain model built from the same config.
+    config = copy.deepcopy(loaded.config)
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp)
