@@ -1,0 +1,17 @@
+"""Shared pytest setup: every test writes into its own temporary outputs folder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_outputs(tmp_path, monkeypatch):
+    """Point ``longalign.paths.outputs()`` at a per-test folder so tests never touch ``outputs/``."""
+    monkeypatch.setenv("LONGALIGN_OUTPUTS", str(tmp_path / "outputs"))
+    yield

@@ -1,0 +1,86 @@
+"""Every notebook follows the project's notebook rules, and every profile matches its parameters.
+
+papermill only warns about unknown parameter names, so a typo in configs/*.yaml would silently run
+the default: this test turns it into a failure.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from longalign import config, paths
+
+NOTEBOOKS = sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+IDS = [nb.stem for nb in NOTEBOOKS]
+
+
+def _cells(nb: Path) -> list[dict]:
+    return json.loads(nb.read_text(encoding="utf-8"))["cells"]
+
+
+def _source(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def test_notebooks_exist():
+    assert [nb.stem[:2] for nb in NOTEBOOKS] == [f"{i:02d}" for i in range(len(NOTEBOOKS))], "numbered 00, 01, ..."
+    assert len(NOTEBOOKS) >= 1
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_header_cell(nb):
+    first = _cells(nb)[0]
+    text = _source(first)
+    assert first["cell_type"] == "markdown" and text.startswith("# "), "H1 title first"
+    assert "Inputs:" in text and "Outputs:" in text, "Inputs:/Outputs: lines in the first cell"
+    assert len([line for line in text.splitlines() if line.strip()]) >= 3, "title + one-line summary + I/O"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_parameters_cell_is_typed_literals(nb):
+    code = [c for c in _cells(nb) if c["cell_type"] == "code"]
+    assert "parameters" in code[0].get("metadata", {}).get("tags", []), "first code cell tagged parameters"
+    for node in ast.parse(_source(code[0])).body:
+        assert isinstance(node, ast.AnnAssign), f"line {node.lineno}: parameters are `name: type = literal`"
+        ast.literal_eval(node.value)
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_stripped_and_thin(nb):
+    for i, cell in enumerate(_cells(nb)):
+        if cell["cell_type"] != "code":
+            continue
+        assert not cell.get("outputs") and cell.get("execution_count") is None, f"cell {i}: commit outputs stripped"
+        tree = ast.parse(_source(cell).replace("%", "#").replace("!", "#"))  # magics are not Python
+        for node in ast.walk(tree):
+            assert not isinstance(node, ast.ClassDef), f"cell {i}: no classes in notebooks"
+            if isinstance(node, ast.FunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 12, f"cell {i}: function {node.name} is {length} lines; move it to lib/"
+
+
+@pytest.mark.parametrize("profile", config.PROFILES)
+def test_profile_keys_match_parameters(profile):
+    sections = config.load_profile(profile)
+    assert set(sections) <= set(IDS), f"configs/{profile}.yaml names unknown notebooks {set(sections) - set(IDS)}"
+    for nb in NOTEBOOKS:
+        declared = config.parameters_cell(nb)
+        given = sections.get(nb.stem, {})
+        unknown = set(given) - set(declared)
+        assert not unknown, f"configs/{profile}.yaml [{nb.stem}] has keys the notebook does not declare: {unknown}"
+        for key, value in given.items():
+            assert _compatible(declared[key], value), f"{profile}/{nb.stem}.{key}: {value!r} vs default {declared[key]!r}"
+
+
+def _compatible(default, value) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, (int, float)) and isinstance(value, (int, float)):
+        return not (isinstance(default, int) and isinstance(value, float))
+    return type(default) is type(value)
