@@ -1,0 +1,77 @@
+"""How each loss treats each sequence: paper Eq. 2 (reference), Eq. 3 (plain packing), Eq. 4 (weighted).
+
+Analysis helpers for notebook 00 (teaching) and its tests. With M sequences in K packs and N_i
+target tokens in sequence i, a sequence's share of the loss is
+  Eq. 2:  1/M                                  (every sequence counts the same)
+  Eq. 3:  N_i / (K · Σ_{j∈pack(i)} N_j)         (favours long answers and sparsely filled packs)
+  Eq. 4:  K/(N_i M) per token × N_i tokens / K  = 1/M  (restores Eq. 2)
+:func:`losses_three_ways` evaluates all three on a real model, Eq. 2 from separate unpacked runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from longalign.collate import IGNORE_INDEX, PackingCollator, sequence_weights
+from longalign.loss import packed_loss, token_mean_loss
+
+
+def sequence_table(packs: Sequence[Sequence[int]], num_targets: Sequence[int]) -> pd.DataFrame:
+    """One row per sequence: pack, N_i, pack size, and its loss share under Eq. 2, 3 and 4."""
+    k = len(packs)
+    m = sum(1 for pack in packs for i in pack if num_targets[i] > 0)
+    rows = []
+    for p, pack in enumerate(packs):
+        pack_targets = sum(num_targets[i] for i in pack)
+        for i in pack:
+            n = num_targets[i]
+            rows.append({"sequence": i, "pack": p, "n_targets": n, "pack_sequences": len(pack),
+                         "pack_targets": pack_targets, "w_eq2": 1 / m if n else 0.0,
+                         "w_eq3": n / (k * pack_targets) if pack_targets else 0.0,
+                         "w_eq4": (k / (n * m)) * n / k if n else 0.0})
+    table = pd.DataFrame(rows)
+    table["eq3_over_eq2"] = table["w_eq3"] / table["w_eq2"].where(table["w_eq2"] > 0)
+    return table
+
+
+def segments_frame(batch: dict[str, Any]) -> pd.DataFrame:
+    """Segments (start, end, targets) of a packed row, from its ``cu_seq_lens_q``."""
+    cu = batch["cu_seq_lens_q"].tolist()
+    labels = batch["labels"][0]
+    return pd.DataFrame([{"segment": s, "start": a, "end": b, "n_targets": int((labels[a:b] != IGNORE_INDEX).sum())}
+                         for s, (a, b) in enumerate(zip(cu[:-1], cu[1:]))])
+
+
+def tokens_frame(batch: dict[str, Any]) -> pd.DataFrame:
+    """Per-token position id, target flag and loss weight of a packed row."""
+    return pd.DataFrame({"position": range(batch["input_ids"].shape[1]),
+                         "position_id": batch["position_ids"][0].tolist(),
+                         "is_target": (batch["labels"][0] != IGNORE_INDEX).tolist(),
+                         "weight": batch["loss_weights"][0].tolist()})
+
+
+def _sequence_mean_ce(model, ids: list[int], labels: list[int]) -> torch.Tensor:
+    """One sequence run alone: mean CE over its targets (the first token is never a target)."""
+    masked, _, n = sequence_weights(labels)
+    logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits
+    return token_mean_loss(logits, torch.tensor([masked])) if n else logits.sum() * 0
+
+
+def losses_three_ways(model, features: Sequence[dict[str, list[int]]], packs: Sequence[Sequence[int]]) -> dict[str, float]:
+    """Eq. 2 from separate runs, and Eq. 3 / Eq. 4 from packed forwards, on the same model."""
+    per_seq = [_sequence_mean_ce(model, f["input_ids"], f["labels"]) for f in features]
+    eq2 = torch.stack(per_seq).sum() / sum(1 for f in features if sequence_weights(f["labels"])[2])
+    collate = PackingCollator()
+    batches = [collate([features[i] for i in pack]) for pack in packs]
+    m = sum(b["num_sequences"] for b in batches)
+    eq3 = eq4 = 0.0
+    for b in batches:
+        logits = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
+        eq3 = eq3 + token_mean_loss(logits, b["labels"]) / len(batches)  # each pack's token mean, averaged
+        eq4 = eq4 + packed_loss(logits, b["labels"], b["loss_weights"].to(logits.dtype), len(batches), m) / len(batches)
+    return {"eq2_unpacked": float(eq2), "eq3_packed": float(eq3), "eq4_packed_weighted": float(eq4),
+            "abs_diff_eq4_eq2": abs(float(eq4 - eq2)), "abs_diff_eq3_eq2": abs(float(eq3 - eq2))}
