@@ -44,5 +44,5 @@ def sequence_weight_figure(table: pd.DataFrame) -> Figure:
     ax.set(xscale="log", yscale="log", xlabel="target tokens N_i", ylabel="share under Eq. 3 / share under Eq. 2",
            title="Unweighted packing (Eq. 3) over-weights long answers in sparse packs")
     fig.colorbar(points, ax=ax, label="sequences in its pack")
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right")
     return fig
