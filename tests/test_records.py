@@ -69,3 +69,11 @@ def test_paths_follow_env(tmp_path, monkeypatch):
     assert paths.results_dir("needle").is_dir()
     monkeypatch.setenv("LONGALIGN_CACHE", str(tmp_path / "c"))
     assert paths.cache() == (tmp_path / "c").resolve()
+
+
+def test_line_numbers_and_permissions(tmp_path):
+    path = tmp_path / "n.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n')
+    assert [n for n, _ in records.read_jsonl_lines(path)] == [1, 3]
+    written = records.write_record(tmp_path / "r.json", {"a": 1})
+    assert written.stat().st_mode & 0o777 == 0o644

@@ -32,6 +32,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -74,6 +75,12 @@ def _open_binary(path: Path):
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Yield objects from a JSONL(.gz) file; malformed lines raise DataError with ``file:line``."""
+    for _, obj in read_jsonl_lines(path):
+        yield obj
+
+
+def read_jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` from a JSONL(.gz) file, so callers can name lines in their errors."""
     path = Path(path)
     # Decode line by line (not through a buffered text stream) so a bad byte names its own line.
     with _open_binary(path) as fh:
@@ -90,7 +97,7 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from err
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield obj
+            yield lineno, obj
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
