@@ -1,0 +1,246 @@
+"""Distributed batch samplers for the three training methods: naive, sorted and packed batching.
+
+All three are ``batch_sampler``s for a torch ``DataLoader``: each instance serves ONE rank and
+yields, per micro-step, the list of dataset indices of that rank's micro-batch. Every rank yields
+the same number of micro-batches per epoch (ranks stay in lock-step); over all ranks every index
+appears exactly once per epoch (nothing dropped). Order is a pure function of (seed, epoch).
+
+API
+---
+- ``RandomBatchSampler(lengths, batch_size, world_size=1, rank=0, seed=0, grad_accum=1)`` — naive
+  batching: seeded permutation per epoch, cut into global batches of
+  ``batch_size * world_size * grad_accum``.
+- ``SortedBatchSampler(...)`` (same arguments) — LongAlign's sorted batching: sort by length, cut
+  into consecutive global batches (cut from the long end, so the one short leftover batch holds
+  the shortest sequences; the official code drops the longest leftovers instead), shuffle batch
+  order per epoch (seeded).
+  For both: a global batch is dealt round-robin over its ``world_size * grad_accum`` micro-batch
+  slots (slot k → micro-step k // world_size, rank k % world_size), so ranks get similar lengths.
+  A leftover smaller than one item per slot is merged into the neighbouring (shortest) batch.
+- ``PackedBatchSampler(lengths, max_len, world_size=1, rank=0, packs_per_device=1, grad_accum=1,
+  seed=0, strategy="bfd", a=1.0, b=1/4096, yield_pack_ids=False)`` — packs once with
+  ``packing.pack`` (splitting a few packs so the count is a multiple of ``world_size``), then per
+  epoch ``packing.schedule_packs`` (attention-cost-balanced ranks, seeded step order) with
+  ``packs_per_rank = packs_per_device * grad_accum``; each rank's packs of a step are cut into
+  micro-batches of ``packs_per_device`` packs (heaviest first). Yields the sequence indices of the
+  micro-batch's packs (or ``(index, pack_id)`` pairs with ``yield_pack_ids=True``, to be read
+  through ``WithPackIds(dataset)`` so ``collate.PackingCollator`` can count ``num_packs``).
+  ``packs`` (list of index lists) and ``schedule(epoch)`` (step → rank → list of packs, each a list
+  of indices) expose the plan; ``step_totals(epoch)`` gives per step ``micro_batches`` (all ranks),
+  ``packs`` and ``sequences``: with one micro-batch loss per rank and GA step averaged by the
+  trainer, ``packed_loss(..., num_packs=micro_batches, num_sequences=sequences)`` is exactly Eq. 2
+  (tokenized records all have >= 1 target, so sequences = M). The micro-batches of a step are the
+  next ``micro_batches / world_size`` this rank yields; full steps have ``grad_accum`` of them, a
+  shorter leftover step comes last.
+- Common: ``set_epoch(epoch)``, ``state_dict()`` / ``load_state_dict(state)`` (``epoch`` and
+  ``position`` = micro-batches already consumed in that epoch; iteration resumes after them),
+  ``__len__`` (micro-batches per rank per epoch), ``num_micro_batches_per_step``.
+- ``WithPackIds(dataset)`` — dataset wrapper: ``ds[(i, pack_id)]`` is ``ds[i]`` plus ``pack_id``.
+- ``EpochDataLoader(dataset, batch_sampler=..., collate_fn=...)`` — a torch DataLoader with
+  ``set_epoch`` forwarded to its batch sampler (HF Trainer calls ``dataloader.set_epoch(epoch)``).
+
+Use with HF Trainer (override ``get_train_dataloader``)::
+
+    sampler = SortedBatchSampler(ds["length"], batch_size=args.per_device_train_batch_size,
+                                 world_size=args.world_size, rank=args.process_index, seed=args.seed)
+    return EpochDataLoader(ds, batch_sampler=sampler, collate_fn=PaddingCollator(pad_id))
+
+Return it WITHOUT ``accelerator.prepare`` (the sampler already shards by rank; prepare would shard
+it a second time). Epochs: HF Trainer calls ``set_epoch(epoch)`` on an ``EpochDataLoader`` (and on
+the sampler inside the ``SkipBatchSampler`` it builds on resume, which it then positions itself, so
+leave ``position`` at 0 in that case); a sampler that finishes an epoch also rolls over to the next
+one by itself. Resume without HF's skipping: ``load_state_dict({"epoch": e, "position": k, ...})``
+with k = micro-batches the trainer consumed (``position`` counts batches handed out by
+``__iter__``, which runs ahead of training when DataLoader workers prefetch). Micro-batch counts
+per epoch are the same in every epoch and on every rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from torch.utils.data import DataLoader
+
+from longalign.packing import pack, schedule_packs, split_packs_to_multiple
+
+
+class _EpochBatchSampler:
+    """Shared epoch/resume logic: subclasses build ``_plan(epoch)`` = this rank's micro-batches."""
+
+    def __init__(self, world_size: int, rank: int, seed: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside [0, world_size={world_size})")
+        self.world_size, self.rank, self.seed = world_size, rank, seed
+        self.epoch, self.position = 0, 0
+
+    def _plan(self, epoch: int) -> list[list[Any]]:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields (restarts at its beginning)."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        """Epoch, micro-batches already handed out in it, and the seed (for a check on resume)."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume: the next iteration continues epoch ``epoch`` after ``position`` micro-batches."""
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"sampler state was saved with seed {state['seed']}, this sampler has {self.seed}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        epoch, plan = self.epoch, self._plan(self.epoch)
+        for k in range(self.position, len(plan)):
+            # The state moves before the batch is handed out, and past the last batch it already
+            # names the next epoch: a loop that stops after len(self) batches (HF's GA loop never
+            # asks for one more) still gets a fresh order from the next iter().
+            self.epoch, self.position = (epoch, k + 1) if k + 1 < len(plan) else (epoch + 1, 0)
+            yield plan[k]
+
+    def __len__(self) -> int:
+        return len(self._plan(self.epoch))
+
+
+def _deal(group: np.ndarray, world_size: int, grad_accum: int, rank: int) -> list[list[int]]:
+    """This rank's micro-batches of one global batch: item j goes to slot j % (W·GA)."""
+    slots = world_size * grad_accum
+    return [group[m * world_size + rank::slots].tolist() for m in range(grad_accum)]
+
+
+def _cut_groups(order: np.ndarray, size: int, min_size: int) -> list[np.ndarray]:
+    """Consecutive groups of ``size`` cut from the END of ``order``; the leftover (start of
+    ``order``) is its own group if it has >= min_size items, else merged into its neighbour."""
+    n = order.size
+    if n < min_size:
+        raise ValueError(f"{n} sequences cannot fill {min_size} micro-batch slots (world_size × grad_accum)")
+    rem = n % size
+    bounds = list(range(rem, n + 1, size))  # [rem, rem + size, ..., n]
+    if rem and (rem >= min_size or len(bounds) == 1):
+        bounds = [0] + bounds
+    else:
+        bounds[0] = 0  # a too-small leftover joins the first full group
+    return [order[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
+
+
+class _GroupedBatchSampler(_EpochBatchSampler):
+    """Global batches (an ordering cut into groups) dealt over ranks and GA micro-steps."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, world_size: int = 1, rank: int = 0,
+                 seed: int = 0, grad_accum: int = 1):
+        super().__init__(world_size, rank, seed)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size, self.grad_accum = batch_size, grad_accum
+        self.num_micro_batches_per_step = grad_accum
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def _groups(self, epoch: int) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def _plan(self, epoch: int) -> list[list[int]]:
+        if self._cache is None or self._cache[0] != epoch:
+            plan = [mb for g in self._groups(epoch) for mb in _deal(g, self.world_size, self.grad_accum, self.rank)]
+            self._cache = (epoch, plan)
+        return self._cache[1]
+
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        """All global batches of an epoch in order (every index once), for inspection and tests."""
+        return self._groups(epoch)
+
+
+class RandomBatchSampler(_GroupedBatchSampler):
+    """Naive batching: a seeded random permutation per epoch, cut into global batches."""
+
+    def _groups(self, epoch: int) -> list[np.ndarray]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.lengths.size)
+        slots = self.world_size * self.grad_accum
+        return _cut_groups(order, self.batch_size * slots, slots)
+
+
+class SortedBatchSampler(_GroupedBatchSampler):
+    """Sorted batching: length-sorted consecutive global batches in a seeded random order per epoch."""
+
+    def _groups(self, epoch: int) -> list[np.ndarray]:
+        order = np.lexsort((np.arange(self.lengths.size), self.lengths))  # by length, ties by index
+        slots = self.world_size * self.grad_accum
+        groups = _cut_groups(order, self.batch_size * slots, slots)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(groups))
+        return [groups[k] for k in perm]
+
+
+class PackedBatchSampler(_EpochBatchSampler):
+    """Packing: fixed packs, attention-cost-balanced per-step rank schedule reshuffled per epoch."""
+
+    def __init__(self, lengths: Sequence[int], max_len: int, world_size: int = 1, rank: int = 0,
+                 packs_per_device: int = 1, grad_accum: int = 1, seed: int = 0, strategy: str = "bfd",
+                 a: float = 1.0, b: float = 1 / 4096, yield_pack_ids: bool = False):
+        super().__init__(world_size, rank, seed)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.packs_per_device, self.grad_accum = packs_per_device, grad_accum
+        self.num_micro_batches_per_step = grad_accum
+        self.a, self.b, self.yield_pack_ids = a, b, yield_pack_ids
+        self.packs = split_packs_to_multiple(pack(self.lengths, max_len, strategy), self.lengths, world_size)
+        self._cache: tuple[int, list[list[Any]]] | None = None
+
+    def _steps(self, epoch: int) -> list[list[list[int]]]:
+        """Step → rank → pack ids for an epoch."""
+        seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
+        return schedule_packs(self.packs, self.lengths, self.world_size,
+                              self.packs_per_device * self.grad_accum, self.a, self.b, seed=seed)
+
+    def schedule(self, epoch: int) -> list[list[list[list[int]]]]:
+        """Step → rank → packs (each a list of sequence indices) for an epoch."""
+        return [[[self.packs[p] for p in rank] for rank in step] for step in self._steps(epoch)]
+
+    def step_totals(self, epoch: int) -> list[dict[str, int]]:
+        """Per optimizer step, over all ranks: ``micro_batches`` (GA steps × world_size), ``packs`` (K)
+        and ``sequences`` (M) — the numbers ``loss.packed_loss`` needs for the exact Eq. 2."""
+        out = []
+        for step in self._steps(epoch):
+            per_rank = -(-len(step[0]) // self.packs_per_device)
+            out.append({"micro_batches": per_rank * self.world_size, "packs": sum(map(len, step)),
+                        "sequences": sum(len(self.packs[p]) for rank in step for p in rank)})
+        return out
+
+    def _plan(self, epoch: int) -> list[list[Any]]:
+        if self._cache is None or self._cache[0] != epoch:
+            plan = []
+            for step in self._steps(epoch):
+                mine = step[self.rank]
+                for m in range(0, len(mine), self.packs_per_device):
+                    plan.append(self._micro_batch(mine[m:m + self.packs_per_device]))
+            self._cache = (epoch, plan)
+        return self._cache[1]
+
+    def _micro_batch(self, pack_ids: list[int]) -> list[Any]:
+        if self.yield_pack_ids:
+            return [(i, p) for p in pack_ids for i in self.packs[p]]
+        return [i for p in pack_ids for i in self.packs[p]]
+
+
+class WithPackIds:
+    """Dataset view for ``PackedBatchSampler(yield_pack_ids=True)``: item (i, p) = dataset[i] + pack_id p."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, pack_id = key
+        return {**self.dataset[int(index)], "pack_id": int(pack_id)}
+
+
+class EpochDataLoader(DataLoader):
+    """DataLoader whose ``set_epoch`` reaches its batch sampler (HF Trainer calls it every epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward the epoch to the batch sampler."""
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)

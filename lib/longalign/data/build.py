@@ -1,0 +1,76 @@
+"""Notebook 01's steps as library calls: corpus → train/held-out/low-diversity documents → client → records frame.
+
+Keeps the notebook thin: each function is one step of data construction with its counted skips.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from longalign.data import corpus
+from longalign.data.grounded import grounded_responder
+from longalign.llm import LLMClient
+from longalign.records import read_jsonl
+
+OFFLINE_MODEL = "grounded-offline-v1"
+
+
+def prepare_documents(sources: list[str], tokenizer: Any, *, num_documents: int, heldout_documents: int,
+                      min_len: int, max_len: int, reserve_tokens: int = 256, alpha: float = 1.0,
+                      overlong: str = "truncate", seed: int = 0, skips: Counter | None = None,
+                      limit_per_source: int = 0) -> dict[str, list]:
+    """``{"train": [...], "heldout": [...]}`` documents, length-sampled and cut to ``max_len - reserve_tokens``."""
+    skips = skips if skips is not None else Counter()
+    docs = corpus.measure_tokens(corpus.load_corpus(sources, skips, limit_per_source), tokenizer)
+    doc_max = max_len - reserve_tokens  # room for the question, the answer and the chat template
+    # held-out documents come from the eligible lengths and are removed before training sampling
+    eligible = [d for d in docs if d["n_tokens"] >= min_len]
+    skips["too_short"] += len(docs) - len(eligible)
+    train_pool, held_pool = corpus.split_heldout(eligible, heldout_documents, seed)
+    train = corpus.sample_by_length(train_pool, num_documents, min_len, doc_max, alpha=alpha, overlong=overlong,
+                                    seed=seed, skips=skips)
+    cut = [corpus.truncate_doc(d, tokenizer, doc_max) for d in train]
+    held = [corpus.truncate_doc(d, tokenizer, doc_max) for d in held_pool]
+    return {"train": cut, "heldout": held}
+
+
+def low_diversity_documents(docs: list[dict[str, Any]], n: int, source: str | None = None) -> list[dict[str, Any]]:
+    """``n`` documents from ONE source (the most frequent unless given), cycled with ``#k`` ids when too few."""
+    if not docs or n <= 0:
+        return []
+    source = source or Counter(d["source"] for d in docs).most_common(1)[0][0]
+    pool = [d for d in docs if d["source"] == source]
+    if not pool:
+        raise ValueError(f"no documents from source {source!r}; have {sorted({d['source'] for d in docs})}")
+    return [{**pool[i % len(pool)], "id": pool[i % len(pool)]["id"] + (f"#{i // len(pool)}" if i >= len(pool) else "")}
+            for i in range(n)]
+
+
+def make_client(backend: str, model: str, *, base_url: str | None = None, concurrency: int = 4,
+                max_cost_usd: float | None = None, **kwargs: Any) -> LLMClient:
+    """The generation client: offline uses the grounded generator, local loads ``model`` (e.g. ``smollm2``)."""
+    extra = {"offline_fn": grounded_responder} if backend == "offline" else {}
+    return LLMClient(backend, model, base_url=base_url, concurrency=concurrency, max_cost_usd=max_cost_usd,
+                     **extra, **kwargs)
+
+
+def load_rows(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of a JSONL file (empty list when it does not exist)."""
+    return list(read_jsonl(path)) if Path(path).is_file() else []
+
+
+def records_frame(rows: list[dict[str, Any]], tokenizer: Any) -> pd.DataFrame:
+    """One row per example: ``n_tokens`` (chat template, training tokenizer), ``kind``, ``source``, ``task_type``, ``lang``."""
+    from longalign.data.selfinstruct import conversation_tokens
+
+    out = []
+    for r in rows:
+        meta = r.get("meta", {})
+        n = meta.get("n_tokens") or conversation_tokens(r["messages"], tokenizer)
+        out.append({"n_tokens": n, "kind": meta.get("kind", "long"), "source": meta.get("source", "?"),
+                    "task_type": meta.get("task_type", "-"), "lang": meta.get("lang", "en")})
+    return pd.DataFrame(out)

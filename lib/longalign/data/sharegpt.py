@@ -1,0 +1,177 @@
+"""Short general instruction data (ShareGPT) and the training suites / held-out set that notebook 01 writes.
+
+Loader: ShareGPT (``conversations`` with ``from``/``value``; roles human/gpt/system and aliases),
+chat (``messages`` with ``role``/``content``) or Alpaca (``instruction``/``input``/``output``, as in
+LongAlpaca-12k) rows from ``.json`` or ``.jsonl(.gz)``; roles normalised, conversations with an
+empty assistant response dropped (paper §4.1), every drop counted by reason.
+
+Offline short set for the cpu profile: questions about the public functions and classes of the
+Python standard library answered by their docstrings (a deterministic, licence-clean stand-in for
+ShareGPT). MT-Bench questions are deliberately NOT used here: notebook 07 evaluates on MT-Bench.
+
+Suites (paper §4.1, cpu-scaled): ``long0`` / ``long5`` / ``long10`` = the short data + none / a
+seeded half / all of the long records; ``longalpaca`` = the short data + as many long records as
+``long10`` but of low diversity (one source, one task type). Files: ``outputs/data/mix-{suite}.jsonl``
+and ``outputs/data/heldout-longqa.jsonl`` (rows ``{id, question, context, answer, messages, meta}``).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from longalign import paths
+from longalign.records import DataError, read_jsonl, write_jsonl
+
+ROLE_MAP = {"human": "user", "user": "user", "prompter": "user", "gpt": "assistant", "assistant": "assistant",
+            "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
+SUITES = ("long0", "long5", "long10", "longalpaca")
+
+
+def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(position, row) pairs from a JSON list or JSONL(.gz) file; malformed input raises DataError naming it."""
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from err
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not valid UTF-8 ({err.reason})") from err
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of conversations, got {type(data).__name__}")
+        return list(enumerate(data, start=1))
+    return list(enumerate(read_jsonl(path), start=1))
+
+
+def raw_turns(row: dict[str, Any]) -> list[tuple[Any, Any]] | None:
+    """(role, text) pairs of a ShareGPT, chat or Alpaca row, un-normalised; None for an unknown format."""
+    if isinstance(row.get("conversations"), list):
+        return [(t.get("from"), t.get("value")) if isinstance(t, dict) else (None, None) for t in row["conversations"]]
+    if isinstance(row.get("messages"), list):
+        return [(t.get("role"), t.get("content")) if isinstance(t, dict) else (None, None) for t in row["messages"]]
+    if "instruction" in row and "output" in row:
+        prompt = "\n\n".join(x for x in (row.get("instruction"), row.get("input")) if isinstance(x, str) and x.strip())
+        return [("user", prompt), ("assistant", row["output"])]
+    return None
+
+
+def normalize_turns(turns: list[tuple[Any, Any]]) -> tuple[list[dict[str, str]] | None, str | None]:
+    """(messages, None) or (None, skip reason): roles mapped, leading non-user turns and a trailing user turn dropped."""
+    msgs = []
+    for role, text in turns:
+        role = ROLE_MAP.get(str(role).lower()) if role is not None else None
+        if role is None:
+            return None, "unknown_role"
+        if not isinstance(text, str):
+            return None, "bad_turn"
+        if role == "assistant" and not text.strip():
+            return None, "empty_response"
+        msgs.append({"role": role, "content": text})
+    system = [m for m in msgs[:1] if m["role"] == "system"]
+    body = msgs[len(system):]
+    while body and body[0]["role"] != "user":
+        body = body[1:]
+    while body and body[-1]["role"] != "assistant":
+        body = body[:-1]
+    if not body:
+        return None, "no_response"
+    if any(a["role"] == b["role"] or a["role"] == "system" for a, b in zip(body, body[1:])):
+        return None, "non_alternating"
+    return system + body, None
+
+
+def load_sharegpt(path: str | Path, skips: Counter | None = None, source: str = "sharegpt") -> list[dict[str, Any]]:
+    """Short chat rows ``{messages, meta}`` from a ShareGPT/chat/Alpaca file; drops counted in ``skips``."""
+    path, skips = Path(path), skips if skips is not None else Counter()
+    out = []
+    for n, row in _rows(path):
+        turns = raw_turns(row) if isinstance(row, dict) else None
+        if turns is None:
+            raise DataError(f"{path}:{n}: expected 'conversations', 'messages' or 'instruction'/'output'")
+        msgs, reason = normalize_turns(turns)
+        if reason:
+            skips[reason] += 1
+            continue
+        out.append({"messages": msgs, "meta": {"id": str(row.get("id", f"{path.stem}:{n}")), "source": source,
+                                              "kind": "short"}})
+    return out
+
+
+def _public_docstrings(path: Path) -> list[tuple[str, str, str, str]]:
+    """(kind, qualified name, signature, docstring) of the public top-level defs of one stdlib module."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return []
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
+            doc = ast.get_docstring(node) or ""
+            if len(doc) >= 40:
+                sig = f"({ast.unparse(node.args)})" if isinstance(node, ast.FunctionDef) else ""
+                out.append(("function" if sig else "class", f"{path.stem}.{node.name}", sig, doc.strip()))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_docstrings() -> tuple[tuple[str, str, str, str], ...]:
+    stdlib = Path(sys.modules["os"].__file__).parent
+    return tuple(it for p in sorted(stdlib.glob("*.py")) for it in _public_docstrings(p))
+
+
+def docstring_qa(n: int, seed: int = 0, max_answer_chars: int = 1500) -> list[dict[str, Any]]:
+    """``n`` short Q/A rows about stdlib functions/classes answered by their docstrings (offline ShareGPT stand-in)."""
+    items = list(_stdlib_docstrings())
+    rng = random.Random(seed)
+    rng.shuffle(items)
+    rows = []
+    for kind, name, sig, doc in items[:n]:
+        question = rng.choice([f"What does the Python standard library {kind} `{name}` do?",
+                               f"Explain the purpose of `{name}{sig}` in Python.",
+                               f"I am reading Python code that uses `{name}`. What is it for?"])
+        answer = f"`{name}{sig}`: {doc[:max_answer_chars]}"
+        rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                     "meta": {"id": f"docstring:{name}", "source": "stdlib_docstrings", "kind": "short"}})
+    return rows
+
+
+def build_suites(long_rows: list[dict[str, Any]], short_rows: list[dict[str, Any]],
+                 longalpaca_rows: list[dict[str, Any]], seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """The four training mixtures, each shuffled with ``seed``; every row's meta gets ``kind`` and ``suite``."""
+    rng = random.Random(seed)
+    half = rng.sample(long_rows, len(long_rows) // 2)
+    parts = {"long0": [], "long5": half, "long10": long_rows, "longalpaca": longalpaca_rows}
+    suites = {}
+    for suite, longs in parts.items():
+        rows = [_tag(r, "long", suite) for r in longs] + [_tag(r, "short", suite) for r in short_rows]
+        random.Random(f"{seed}|{suite}").shuffle(rows)
+        suites[suite] = rows
+    return suites
+
+
+def _tag(row: dict[str, Any], kind: str, suite: str) -> dict[str, Any]:
+    return {"messages": row["messages"], "meta": {**row.get("meta", {}), "kind": kind, "suite": suite}}
+
+
+def write_suites(suites: dict[str, list[dict[str, Any]]], folder: Path | None = None) -> dict[str, Path]:
+    """Write ``mix-{suite}.jsonl`` for every suite (atomically) under ``outputs/data``."""
+    folder = Path(folder) if folder is not None else paths.data_dir()
+    return {suite: write_jsonl(folder / f"mix-{suite}.jsonl", rows) for suite, rows in suites.items()}
+
+
+def heldout_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Held-out long-QA rows ``{id, question, context, answer, messages, meta}`` from generation records."""
+    rows = []
+    for rec in records:
+        question = rec["meta"]["question"]
+        user, answer = rec["messages"][0]["content"], rec["messages"][1]["content"]
+        context = user[: -len(question) - 2] if user.endswith("\n\n" + question) else user
+        rows.append({"id": rec["meta"]["doc_id"], "question": question, "context": context, "answer": answer,
+                     "messages": rec["messages"], "meta": rec["meta"]})
+    return rows

@@ -1,0 +1,305 @@
+"""Sequence packing (bin packing of token lengths) and attention-aware pack → rank scheduling.
+
+API
+---
+- ``pack(lengths, max_len, strategy="bfd") -> list[list[int]]`` — dataset indices per pack.
+  ``"bfd"``: global best-fit-decreasing (default; exact BFD over integer capacities, vectorised per
+  run of equal lengths). ``"bfd_chunked"``: BFD inside consecutive 1,000-row chunks (TRL's default
+  ``pack_dataset`` behaviour), for comparison. ``"next_fit"``: the official LongAlign repo's
+  ``sort_and_group.py`` (next-fit in dataset order) — but it keeps the last pack (the official code
+  drops it), lets a pack reach exactly ``max_len`` (official: ``< max_len``) and raises on
+  over-length items (official: silently skips them). Every index appears exactly once, no pack
+  exceeds ``max_len``, the result is deterministic; a length > ``max_len`` (or < 1) raises
+  ``ValueError`` naming its index.
+- ``lower_bound(lengths, max_len) -> int`` — ``ceil(sum(L) / max_len)``, the fill reference.
+- ``pack_cost(lengths, a=1.0, b=1/4096) -> float`` — Σ a·L + b·L² (linear layers + attention).
+- ``assign_to_ranks(costs, world_size, equal_counts=True) -> list[list[int]]`` — LPT greedy plus
+  pairwise move/swap refinement minimising the most loaded rank; with ``equal_counts`` every rank
+  gets ``len(costs) // world_size`` packs (±1), so ranks run equally many micro-batches.
+- ``schedule_packs(packs, lengths, world_size, packs_per_rank, a=1.0, b=1/4096, seed=0)
+  -> list[list[list[int]]]`` — step → rank → pack indices. Packs are ordered by cost, cut into
+  consecutive steps of ``world_size * packs_per_rank`` (similar costs, so ranks can be balanced),
+  order of the full steps shuffled with ``seed``, and each step split with ``assign_to_ranks``.
+  A smaller leftover step comes last; its ranks get equally many packs only if its pack count is
+  a multiple of ``world_size`` (``split_packs_to_multiple`` arranges that).
+- ``split_packs_to_multiple(packs, lengths, multiple) -> list[list[int]]`` — split the packs with
+  most sequences until the pack count is a multiple of ``multiple`` (no index lost or repeated).
+- ``rank_idle_fraction(schedule, pack_costs) -> float`` — Σ_steps (max − mean rank load) / Σ max.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Sequence
+
+import numpy as np
+
+STRATEGIES = ("bfd", "bfd_chunked", "next_fit")
+CHUNK_ROWS = 1000  # TRL's pack_dataset maps in batches of 1,000 rows and packs inside each
+
+
+def _check_lengths(lengths: Sequence[int], max_len: int) -> np.ndarray:
+    """Lengths as int64; any length outside [1, max_len] raises ValueError naming its index."""
+    arr = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    bad = np.flatnonzero((arr > max_len) | (arr < 1))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"length {int(arr[i])} at index {i} is outside [1, max_len={max_len}] "
+            f"({bad.size} such lengths); truncate (from the right) before packing"
+        )
+    return arr
+
+
+def lower_bound(lengths: Sequence[int], max_len: int) -> int:
+    """ceil(ΣL / max_len): no packing can use fewer packs."""
+    return int(-(-int(np.asarray(lengths, dtype=np.int64).sum()) // max_len))
+
+
+def pack(lengths: Sequence[int], max_len: int, strategy: str = "bfd") -> list[list[int]]:
+    """Indices per pack; every index exactly once, each pack's total length <= max_len."""
+    arr = _check_lengths(lengths, max_len)
+    if strategy == "bfd":
+        return _bfd(arr, max_len, np.arange(arr.size))
+    if strategy == "bfd_chunked":
+        packs: list[list[int]] = []
+        for start in range(0, arr.size, CHUNK_ROWS):
+            idx = np.arange(start, min(start + CHUNK_ROWS, arr.size))
+            packs.extend(_bfd(arr[idx], max_len, idx))
+        return packs
+    if strategy == "next_fit":
+        return _next_fit(arr, max_len)
+    raise ValueError(f"unknown packing strategy {strategy!r}; choose from {STRATEGIES}")
+
+
+def _next_fit(arr: np.ndarray, max_len: int) -> list[list[int]]:
+    """Official LongAlign order: fill the current pack, start a new one when the next item overflows."""
+    packs, current, used = [], [], 0
+    for i, length in enumerate(arr.tolist()):
+        if used + length > max_len:
+            packs.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += length
+    if current:  # the official code drops this last pack
+        packs.append(current)
+    return packs
+
+
+class _CapacityIndex:
+    """Open bins bucketed by integer remaining capacity: a sorted list of the capacities held
+    (bisect finds the smallest capacity >= L) and a stack of bin ids per capacity (LIFO tie-break).
+    Bins whose capacity is below the smallest length still to come are dead and not kept."""
+
+    def __init__(self, min_useful: int):
+        self.caps: list[int] = []
+        self.stacks: dict[int, list[int]] = {}
+        self.min_useful = min_useful
+
+    def push(self, cap: int, bins: list[int]) -> None:
+        if cap < self.min_useful or not bins:
+            return
+        stack = self.stacks.get(cap)
+        if not stack:
+            bisect.insort(self.caps, cap)
+            stack = self.stacks[cap] = []
+        stack.extend(bins)
+
+    def pop(self, cap: int, n: int) -> list[int]:
+        stack = self.stacks[cap]
+        taken = stack[len(stack) - n:][::-1]  # top of the stack first
+        del stack[len(stack) - n:]
+        if not stack:
+            del self.caps[bisect.bisect_left(self.caps, cap)]
+        return taken
+
+    def smallest_at_least(self, need: int) -> int:
+        """Smallest capacity >= need held by an open bin, or -1."""
+        i = bisect.bisect_left(self.caps, need)
+        return self.caps[i] if i < len(self.caps) else -1
+
+
+def _bfd(arr: np.ndarray, max_len: int, ids: np.ndarray) -> list[list[int]]:
+    """Exact best-fit-decreasing; ties between equal lengths go in index order."""
+    if arr.size == 0:
+        return []
+    order = np.lexsort((ids, -arr))  # decreasing length, then increasing index
+    sorted_len, sorted_ids = arr[order], ids[order]
+    item_bin = np.empty(sorted_len.size, dtype=np.int64)
+    # Items longer than max_len / 2 can never share a bin with each other: one fresh bin each.
+    n_big = int(np.searchsorted(-sorted_len, -(max_len // 2), side="left"))
+    item_bin[:n_big] = np.arange(n_big)
+    index = _CapacityIndex(min_useful=int(sorted_len[-1]))
+    for b, cap in enumerate((max_len - sorted_len[:n_big]).tolist()):
+        index.push(cap, [b])
+    rest = sorted_len[n_big:]
+    starts = np.flatnonzero(np.r_[True, rest[1:] != rest[:-1]])[:rest.size] + n_big  # run starts
+    ends = np.r_[starts[1:], sorted_len.size]
+    n_bins = n_big
+    for s, e, length in zip(starts.tolist(), ends.tolist(), sorted_len[starts].tolist()):
+        n_bins = _place_run(index, length, s, e, item_bin, n_bins, max_len)
+    return _group_by_bin(item_bin, sorted_ids, n_bins)
+
+
+def _place_run(index: _CapacityIndex, length: int, s: int, e: int, item_bin: np.ndarray,
+               n_bins: int, max_len: int) -> int:
+    """Place items s..e-1 (all of one length) exactly as BFD would, one capacity bucket at a time.
+
+    BFD puts each item in the bin of smallest capacity >= length; that bin then holds
+    cap - length, which is still the smallest feasible capacity while >= length, so a bin of
+    capacity cap takes cap // length consecutive items of the run before BFD moves on.
+    """
+    pos = s
+    while pos < e:
+        cap = index.smallest_at_least(length)
+        if cap < 0:  # no open bin fits: open as many fresh bins as the run still needs
+            n_new = -(-(e - pos) // (max_len // length))
+            index.push(max_len, list(range(n_bins + n_new - 1, n_bins - 1, -1)))  # bin n_bins on top
+            n_bins += n_new
+            cap = max_len
+        per_bin = cap // length
+        n_use = min(len(index.stacks[cap]), -(-(e - pos) // per_bin))
+        bins = index.pop(cap, n_use)
+        take = min(e - pos, n_use * per_bin)
+        last = take - per_bin * (n_use - 1)  # items in the last bin used (the others take per_bin)
+        if n_use == 1:
+            item_bin[pos:pos + take] = bins[0]
+        else:
+            counts = np.full(n_use, per_bin, dtype=np.int64)
+            counts[-1] = last
+            item_bin[pos:pos + take] = np.repeat(np.asarray(bins, dtype=np.int64), counts)
+            index.push(cap - per_bin * length, bins[-2::-1])
+        pos += take
+        index.push(cap - last * length, [bins[-1]])
+    return n_bins
+
+
+def _group_by_bin(item_bin: np.ndarray, item_ids: np.ndarray, n_bins: int) -> list[list[int]]:
+    """Packs as lists of original indices, packs in opening order, indices ascending inside."""
+    order = np.lexsort((item_ids, item_bin))
+    grouped = item_ids[order]
+    bounds = np.searchsorted(item_bin[order], np.arange(n_bins + 1))
+    flat = grouped.tolist()
+    return [flat[bounds[k]:bounds[k + 1]] for k in range(n_bins)]
+
+
+def pack_cost(lengths: Sequence[int], a: float = 1.0, b: float = 1 / 4096) -> float:
+    """Attention-aware compute cost of one pack: Σ a·L + b·L² over its sequences."""
+    arr = np.asarray(lengths, dtype=np.float64)
+    return float(a * arr.sum() + b * (arr * arr).sum())
+
+
+def assign_to_ranks(costs: Sequence[float], world_size: int, equal_counts: bool = True) -> list[list[int]]:
+    """Split packs over ranks minimising the heaviest rank: LPT greedy, then move/swap refinement."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    cost = np.asarray(costs, dtype=np.float64)
+    slots = _rank_slots(cost.size, world_size, equal_counts)
+    ranks: list[list[int]] = [[] for _ in range(world_size)]
+    heap = [(0.0, r) for r in range(world_size)]
+    for i in sorted(range(cost.size), key=lambda j: (-cost[j], j)):
+        full = []
+        load, r = heapq.heappop(heap)
+        while len(ranks[r]) >= slots[r]:  # this rank's slots are used up: try the next lightest
+            full.append((load, r))
+            load, r = heapq.heappop(heap)
+        ranks[r].append(i)
+        heapq.heappush(heap, (load + cost[i], r))
+        for item in full:
+            heapq.heappush(heap, item)
+    _refine(ranks, cost, allow_moves=not equal_counts)
+    return [sorted(r, key=lambda j: (-cost[j], j)) for r in ranks]
+
+
+def _rank_slots(n: int, world_size: int, equal_counts: bool) -> list[int]:
+    """Pack slots per rank: n // W (+1 for the first n % W ranks), or unlimited."""
+    if not equal_counts:
+        return [n] * world_size
+    return [n // world_size + (1 if r < n % world_size else 0) for r in range(world_size)]
+
+
+def _refine(ranks: list[list[int]], cost: np.ndarray, allow_moves: bool, max_rounds: int = 200) -> None:
+    """Improve the makespan: swap (or move) one pack between the heaviest rank and another."""
+    for _ in range(max_rounds):
+        loads = [float(cost[r].sum()) if r else 0.0 for r in ranks]
+        hi = int(np.argmax(loads))
+        if not _improve_once(ranks, cost, loads, hi, allow_moves):
+            return
+
+
+def _improve_once(ranks: list[list[int]], cost: np.ndarray, loads: list[float], hi: int,
+                  allow_moves: bool) -> bool:
+    """Apply the best single swap/move that lowers max(load_hi, load_lo); False if none does."""
+    best, best_gain = None, 1e-12 * max(loads)
+    for lo in range(len(ranks)):
+        if lo == hi:
+            continue
+        for x in ranks[hi]:
+            if allow_moves:
+                gain = loads[hi] - max(loads[hi] - cost[x], loads[lo] + cost[x])
+                if gain > best_gain:
+                    best, best_gain = (lo, x, None), gain
+            for y in ranks[lo]:
+                d = cost[x] - cost[y]
+                gain = loads[hi] - max(loads[hi] - d, loads[lo] + d)
+                if gain > best_gain:
+                    best, best_gain = (lo, x, y), gain
+    if best is None:
+        return False
+    lo, x, y = best
+    ranks[hi].remove(x)
+    ranks[lo].append(x)
+    if y is not None:
+        ranks[lo].remove(y)
+        ranks[hi].append(y)
+    return True
+
+
+def schedule_packs(packs: Sequence[Sequence[int]], lengths: Sequence[int], world_size: int,
+                   packs_per_rank: int = 1, a: float = 1.0, b: float = 1 / 4096,
+                   seed: int = 0) -> list[list[list[int]]]:
+    """Step → rank → pack indices: cost-sorted consecutive steps, seeded step order, balanced ranks."""
+    arr = np.asarray(lengths, dtype=np.int64)
+    costs = np.array([pack_cost(arr[list(p)], a, b) for p in packs], dtype=np.float64)
+    order = np.lexsort((np.arange(costs.size), -costs))
+    per_step = world_size * packs_per_rank
+    steps = [order[i:i + per_step] for i in range(0, order.size, per_step)]
+    full = len(steps) - (1 if order.size % per_step else 0)
+    # Full steps in seeded random order; a short leftover step goes last, like a final partial
+    # gradient-accumulation step, so every earlier step has exactly packs_per_rank per rank.
+    schedule = []
+    for k in np.random.default_rng(seed).permutation(full).tolist() + list(range(full, len(steps))):
+        step = steps[k]
+        split = assign_to_ranks(costs[step], world_size, equal_counts=True)
+        schedule.append([[int(step[j]) for j in rank] for rank in split])
+    return schedule
+
+
+def split_packs_to_multiple(packs: Sequence[Sequence[int]], lengths: Sequence[int],
+                            multiple: int) -> list[list[int]]:
+    """Split multi-sequence packs (most sequences first) until len(packs) % multiple == 0."""
+    out = [list(p) for p in packs]
+    need = (-len(out)) % multiple
+    arr = np.asarray(lengths, dtype=np.int64)
+    candidates = sorted(range(len(out)), key=lambda k: (-len(out[k]), k))
+    if sum(1 for k in candidates if len(out[k]) > 1) < need:
+        raise ValueError(f"cannot split {len(out)} packs into a multiple of {multiple}: too few multi-sequence packs")
+    for k in candidates[:need]:
+        seqs = sorted(out[k], key=lambda i: (-arr[i], i))
+        out[k], extra = seqs[0::2], seqs[1::2]  # alternate so both halves have similar lengths
+        out.append(extra)
+    return out
+
+
+def rank_idle_fraction(schedule: Sequence[Sequence[Sequence[int]]], pack_costs: Sequence[float]) -> float:
+    """Fraction of rank-time spent waiting for the slowest rank: Σ(max − mean) / Σ max over steps."""
+    cost = np.asarray(pack_costs, dtype=np.float64)
+    busy_max = idle = 0.0
+    for step in schedule:
+        loads = np.array([cost[list(r)].sum() if len(r) else 0.0 for r in step])
+        busy_max += loads.max()
+        idle += loads.max() - loads.mean()
+    return idle / busy_max if busy_max > 0 else 0.0

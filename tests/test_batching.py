@@ -1,0 +1,153 @@
+"""Samplers: exactly-once across ranks, lock-step ranks, similar lengths, epochs, resume, DataLoader use."""
+
+import numpy as np
+import pytest
+from longalign.batching import EpochDataLoader, PackedBatchSampler, RandomBatchSampler, SortedBatchSampler, WithPackIds
+from longalign.collate import PackingCollator
+
+
+def lengths(n: int = 203, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.lognormal(5, 1.2, n).astype(np.int64), 2, 2000)
+
+
+def all_ranks(cls, world: int, epoch: int, **kw) -> list[list[list[int]]]:
+    """Per rank, the micro-batches of one epoch."""
+    out = []
+    for rank in range(world):
+        sampler = cls(world_size=world, rank=rank, **kw)
+        sampler.set_epoch(epoch)
+        out.append(list(sampler))
+    return out
+
+
+CASES = [(1, 4, 1), (2, 4, 1), (4, 3, 2), (3, 5, 3), (8, 1, 1), (4, 50, 1)]
+
+
+@pytest.mark.parametrize("cls", [SortedBatchSampler, RandomBatchSampler])
+@pytest.mark.parametrize("world,batch,ga", CASES)
+def test_grouped_exactly_once_lockstep(cls, world, batch, ga):
+    lens = lengths()
+    for epoch in (0, 1):
+        per_rank = all_ranks(cls, world, epoch, lengths=lens, batch_size=batch, grad_accum=ga, seed=3)
+        assert len({len(r) for r in per_rank}) == 1  # every rank runs the same number of micro-steps
+        assert len(per_rank[0]) % ga == 0
+        flat = sorted(i for r in per_rank for mb in r for i in mb)
+        assert flat == list(range(len(lens)))
+        assert all(len(mb) >= 1 for r in per_rank for mb in r)
+
+
+def test_sorted_batches_are_consecutive_and_similar_length():
+    lens = lengths(1000, 1)
+    sampler = SortedBatchSampler(lens, batch_size=8, world_size=2, seed=0)
+    rank_of_sorted = np.empty(len(lens), dtype=np.int64)
+    rank_of_sorted[np.lexsort((np.arange(len(lens)), lens))] = np.arange(len(lens))
+    spreads = []
+    for group in sampler.global_batches(0):
+        pos = np.sort(rank_of_sorted[group])
+        assert np.all(np.diff(pos) == 1)  # a consecutive run of the length-sorted order
+        spreads.append(lens[group].max() - lens[group].min())
+    random = RandomBatchSampler(lens, batch_size=8, world_size=2, seed=0).global_batches(0)
+    random_spreads = [lens[g].max() - lens[g].min() for g in random]
+    assert np.mean(spreads) < 0.1 * np.mean(random_spreads)
+
+
+@pytest.mark.parametrize("cls", [SortedBatchSampler, RandomBatchSampler])
+def test_order_changes_per_epoch_and_is_seeded(cls):
+    lens = lengths()
+    a0 = all_ranks(cls, 2, 0, lengths=lens, batch_size=4, seed=0)
+    a1 = all_ranks(cls, 2, 1, lengths=lens, batch_size=4, seed=0)
+    b0 = all_ranks(cls, 2, 0, lengths=lens, batch_size=4, seed=1)
+    assert a0 != a1 and a0 != b0
+    assert a0 == all_ranks(cls, 2, 0, lengths=lens, batch_size=4, seed=0)
+
+
+def packed_kw(**extra):
+    return dict(lengths=lengths(300, 2), max_len=2048, seed=5, **extra)
+
+
+@pytest.mark.parametrize("world,ppd,ga", [(1, 1, 1), (2, 1, 2), (4, 2, 1), (3, 2, 2)])
+def test_packed_sampler_exactly_once_capacity_lockstep(world, ppd, ga):
+    lens = lengths(300, 2)
+    for epoch in (0, 1):
+        per_rank = all_ranks(PackedBatchSampler, world, epoch, packs_per_device=ppd, grad_accum=ga, **packed_kw())
+        assert len({len(r) for r in per_rank}) == 1
+        flat = sorted(i for r in per_rank for mb in r for i in mb)
+        assert flat == list(range(len(lens)))
+        assert all(lens[mb].sum() <= 2048 * ppd for r in per_rank for mb in r)
+    sampler = PackedBatchSampler(world_size=world, packs_per_device=ppd, grad_accum=ga, **packed_kw())
+    totals = sampler.step_totals(0)
+    for step, tot in zip(sampler.schedule(0), totals):
+        assert all(lens[pk].sum() <= 2048 for rank in step for pk in rank)
+        assert len({len(rank) for rank in step}) == 1
+        assert tot["sequences"] == sum(len(pk) for rank in step for pk in rank)
+    assert all(t["micro_batches"] == ga * world for t in totals[:-1])
+    assert sum(t["micro_batches"] for t in totals) == world * len(per_rank[0])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SortedBatchSampler(lengths(), batch_size=4, world_size=2, rank=1, grad_accum=2, seed=7),
+    lambda: RandomBatchSampler(lengths(), batch_size=3, world_size=2, rank=0, seed=7),
+    lambda: PackedBatchSampler(world_size=2, rank=1, **packed_kw()),
+])
+def test_resume_reproduces_order(make):
+    full = make()
+    full.set_epoch(1)
+    expected = list(full)
+    partial = make()
+    partial.set_epoch(1)
+    it = iter(partial)
+    head = [next(it) for _ in range(5)]
+    state = partial.state_dict()
+    assert state["epoch"] == 1 and state["position"] == 5
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert head + list(resumed) == expected
+    assert resumed.state_dict()["epoch"] == 2  # a finished epoch rolls over to the next one
+    with pytest.raises(ValueError, match="seed"):
+        make().load_state_dict({**state, "seed": 99})
+
+
+def test_packed_sampler_in_dataloader_with_pack_ids():
+    lens = lengths(60, 4)
+    data = [{"input_ids": list(range(n)), "labels": list(range(n))} for n in lens.tolist()]
+    make = lambda: PackedBatchSampler(lens, max_len=2048, packs_per_device=2, yield_pack_ids=True, seed=1)
+    expected = list(make())
+    sampler = make()
+    loader = EpochDataLoader(WithPackIds(data), batch_sampler=sampler, collate_fn=PackingCollator())
+    assert len(loader) == len(expected)
+    seen = 0
+    for batch, micro in zip(loader, expected):
+        assert batch["num_packs"] == len({p for _, p in micro})
+        assert batch["input_ids"].shape[1] == sum(lens[i] for i, _ in micro)
+        seen += batch["num_sequences"]
+    assert seen == len(lens)
+
+
+def test_too_few_sequences_raise():
+    with pytest.raises(ValueError, match="micro-batch slots"):
+        list(SortedBatchSampler([5, 6, 7], batch_size=1, world_size=4))
+
+
+def test_epoch_dataloader_forwards_set_epoch():
+    lens = lengths(40)
+    data = [{"input_ids": [1] * n, "labels": [1] * n} for n in lens.tolist()]
+    sampler = SortedBatchSampler(lens, batch_size=4, seed=0)
+    loader = EpochDataLoader(data, batch_sampler=sampler, collate_fn=lambda f: len(f))
+    loader.set_epoch(3)
+    assert sampler.state_dict()["epoch"] == 3
+    expected = SortedBatchSampler(lens, batch_size=4, seed=0)
+    expected.set_epoch(3)
+    assert list(loader) == [len(mb) for mb in expected]
+
+
+def test_epoch_rolls_over_without_stop_iteration():
+    """A consumer that takes exactly len(sampler) batches (like HF's GA loop) still sees epoch 1 next."""
+    sampler = SortedBatchSampler(lengths(), batch_size=4, world_size=2, rank=0, seed=0)
+    it = iter(sampler)
+    epoch0 = [next(it) for _ in range(len(sampler))]
+    assert sampler.state_dict()["epoch"] == 1 and sampler.state_dict()["position"] == 0
+    epoch1 = list(sampler)
+    ref = SortedBatchSampler(lengths(), batch_size=4, world_size=2, rank=0, seed=0)
+    ref.set_epoch(1)
+    assert epoch1 == list(ref) and epoch1 != epoch0
