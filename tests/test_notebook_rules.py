@@ -55,7 +55,7 @@ def test_stripped_and_thin(nb):
         if cell["cell_type"] != "code":
             continue
         assert not cell.get("outputs") and cell.get("execution_count") is None, f"cell {i}: commit outputs stripped"
-        tree = ast.parse(_source(cell).replace("%", "#").replace("!", "#"))  # magics are not Python
+        tree = ast.parse(_python_only(_source(cell)))
         for node in ast.walk(tree):
             assert not isinstance(node, ast.ClassDef), f"cell {i}: no classes in notebooks"
             if isinstance(node, ast.FunctionDef):
@@ -74,6 +74,11 @@ def test_profile_keys_match_parameters(profile):
         assert not unknown, f"configs/{profile}.yaml [{nb.stem}] has keys the notebook does not declare: {unknown}"
         for key, value in given.items():
             assert _compatible(declared[key], value), f"{profile}/{nb.stem}.{key}: {value!r} vs default {declared[key]!r}"
+
+
+def _python_only(source: str) -> str:
+    """Blank out IPython magics and shell escapes (lines starting with % or !), which are not Python."""
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
 
 
 def _compatible(default, value) -> bool:
