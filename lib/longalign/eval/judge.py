@@ -1,0 +1,316 @@
+"""Judges: score a model's answer against a reference on a fixed scale.
+
+LLM judges (``openai`` / ``anthropic`` / ``local`` through :class:`longalign.llm.LLMClient`) reply
+in free text with the rating in ``[[n]]``, parsed exactly as the official LongBench-Chat script
+does (:func:`parse_rating`). The ``overlap`` judge is the offline proxy of the cpu profile: token
+F1 of the normalised answer against the reference, mapped onto the judge scale. It stands in for
+GPT-4 only so that the pipeline runs without a network; its numbers are not GPT-4 numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from longalign import paths
+from longalign.llm import BudgetExceeded, Completion, LLMClient, LLMError
+from longalign.records import record_exists, write_record
+
+# Official LongBench_Chat/eval.py: last "[[...]]" group, then the first number inside it.
+_BRACKETS = re.compile(r"\[\[([^\]]+)\]\]")
+_NUMBER = re.compile(r"\d+\.\d+|\d+")
+
+
+def parse_rating(text: str | None) -> float:
+    """The rating in the last ``[[...]]`` of ``text`` (first number inside it); NaN when there is none."""
+    if not text:
+        return math.nan
+    groups = _BRACKETS.findall(text)
+    if not groups:
+        return math.nan
+    numbers = _NUMBER.findall(groups[-1])  # the official script fails (→ retry) when the last group has no number
+    return float(numbers[0]) if numbers else math.nan
+
+
+# -- offline proxy judge ------------------------------------------------------------------------
+
+_PUNCT = set(string.punctuation) | {"，", "。", "！", "？", "：", "；", "、", "“", "”", "‘", "’", "（", "）", "《", "》", "【", "】", "…", "—"}
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def _is_cjk(ch: str) -> bool:
+    """CJK ideographs, kana and hangul: scripts written without spaces, so each character is a token."""
+    code = ord(ch)
+    return (0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0x20000 <= code <= 0x2A6DF
+            or 0xF900 <= code <= 0xFAFF or 0x3040 <= code <= 0x30FF or 0xAC00 <= code <= 0xD7AF)
+
+
+def overlap_tokens(text: str) -> list[str]:
+    """SQuAD/LongBench-style normalisation (lowercase, no punctuation/articles), CJK split per character."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = "".join(" " if (ch in _PUNCT or unicodedata.category(ch).startswith("P")) else ch for ch in text)
+    text = _ARTICLES.sub(" ", text)
+    tokens: list[str] = []
+    for word in text.split():
+        buf = ""
+        for ch in word:
+            if _is_cjk(ch):
+                tokens += [buf] if buf else []
+                tokens.append(ch)
+                buf = ""
+            else:
+                buf += ch
+        tokens += [buf] if buf else []
+    return tokens
+
+
+def token_f1(answer: str, reference: str) -> float:
+    """Token-level F1 between the normalised answer and reference (0 when either is empty)."""
+    pred, gold = overlap_tokens(answer), overlap_tokens(reference)
+    common = sum((Counter(pred) & Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def overlap_score(answer: str, reference: str, low: float = 1.0, high: float = 10.0) -> float:
+    """Offline proxy judge: ``low + (high - low) * F1`` (1 + 9·F1 on the LongBench-Chat 1-10 scale)."""
+    return low + (high - low) * token_f1(answer, reference)
+
+
+# -- judges ---------------------------------------------------------------------------------------
+
+JUDGE_KINDS = ("openai", "anthropic", "local", "overlap")
+# The system prompt of the official LongBench-Chat (and THUDM LongBench) GPT-4 judge scripts.
+JUDGE_SYSTEM = "You're a good assistant at evaluating the quality of texts."
+
+
+@dataclass
+class JudgeRequest:
+    """One answer to rate: the judge prompt for LLM judges, answer + reference for the overlap proxy."""
+
+    item_id: str
+    prompt: str
+    answer: str
+    reference: str | None
+    low: float = 1.0
+    high: float = 10.0
+    system: str | None = JUDGE_SYSTEM
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Verdict:
+    """A judge's rating of one request (NaN score when no rating could be parsed or the call failed)."""
+
+    score: float
+    raw: str
+    attempts: int
+    parse_failed: bool = False
+    error: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class Judge:
+    """A rating judge: an LLM behind :class:`LLMClient` (``openai``/``anthropic``/``local``) or ``overlap``."""
+
+    def __init__(self, kind: str, model: str | None = None, *, base_url: str | None = None,
+                 concurrency: int = 4, max_attempts: int = 3, max_tokens: int = 1024,
+                 cache_dir: str | Path | None = None, max_cost_usd: float | None = None,
+                 local_model: Any = None, timeout_s: float = 120.0, max_retries: int = 6,
+                 backoff_s: float = 1.0):
+        if kind not in JUDGE_KINDS:
+            raise ValueError(f"unknown judge {kind!r}; expected one of {JUDGE_KINDS}")
+        if kind in ("openai", "anthropic") and not model:
+            raise ValueError(f"judge {kind!r} needs a model name (e.g. gpt-4-1106-preview)")
+        self.kind, self.model = kind, model or ("smollm2" if kind == "local" else kind)
+        # Greedy local decoding gives the same text every time: re-asking it cannot help.
+        self.max_attempts = 1 if kind == "local" else max(1, max_attempts)
+        self.max_tokens = max_tokens
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else paths.cache() / "judge"
+        # Local generation has no transient faults to wait out (and greedy output never changes).
+        self._client_kwargs = dict(base_url=base_url, concurrency=concurrency, timeout_s=timeout_s,
+                                   max_retries=0 if kind == "local" else max_retries, max_cost_usd=max_cost_usd,
+                                   local_model=local_model, backoff_s=backoff_s)
+        self._clients: dict[int, LLMClient] = {}
+        self.stats = {"cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0}
+
+    @property
+    def name(self) -> str:
+        """Folder-safe judge name, e.g. ``overlap`` or ``openai-gpt-4-1106-preview``."""
+        if self.kind == "overlap":
+            return "overlap"
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{self.kind}-{Path(str(self.model)).name}")
+
+    def client(self, run: int) -> LLMClient:
+        """The LLM client of scoring run ``run``: each run has its own response cache (independent repeats)."""
+        if self.kind == "overlap":
+            raise ValueError("the overlap judge makes no LLM calls")
+        if run not in self._clients:
+            # A shared cache would hand run 2 the answers of run 1; a per-run cache keeps resume exact.
+            self._clients[run] = LLMClient(self.kind, self.model, cache_dir=self.cache_dir / self.name / f"run{run}",
+                                           **self._client_kwargs)
+        return self._clients[run]
+
+    def judge_many(self, requests: list[JudgeRequest], run: int = 0, desc: str = "judge") -> Iterator[tuple[int, Verdict]]:
+        """Yield ``(index, Verdict)`` for every request (any order); unparseable replies are re-asked."""
+        if self.kind == "overlap":
+            for i, req in enumerate(tqdm(requests, desc=desc, disable=len(requests) < 50)):
+                yield i, self._overlap(req)
+            return
+        pending = list(range(len(requests)))
+        spent: dict[int, Verdict] = {}
+        for attempt in range(self.max_attempts):
+            pending = yield from self._attempt(requests, pending, spent, attempt, run, f"{desc} (try {attempt + 1})")
+            if not pending:
+                return
+        for i in pending:  # still no [[n]] after every attempt: NaN, flagged, never a silent score
+            yield i, spent[i]
+
+    def _overlap(self, req: JudgeRequest) -> Verdict:
+        if not req.reference:
+            return Verdict(math.nan, "", 0, error="no reference answer: the overlap proxy cannot rate this item")
+        score = overlap_score(req.answer, req.reference, req.low, req.high)
+        return Verdict(score, f"[[{score:.4f}]]", 1)
+
+    def _attempt(self, requests, pending, spent, attempt, run, desc):
+        """One pass over ``pending``; yields final verdicts, returns the indices to re-ask."""
+        client = self.client(run)
+        # A retry at the same temperature would only hit the response cache: warm it up a little.
+        temperature = min(1.0, 0.3 * attempt)
+        calls = [dict(messages=requests[i].prompt, system=requests[i].system, max_tokens=self.max_tokens,
+                      temperature=temperature) for i in pending]
+        if attempt == 0 and calls:
+            client.check_budget(calls, expected_output_tokens=min(self.max_tokens, 256))
+        retry = []
+        for j, result in client.complete_many(calls, desc=desc):
+            i = pending[j]
+            if _is_budget_stop(result):
+                raise result
+            verdict = self._verdict(result, attempt, spent.get(i))
+            if verdict.parse_failed and attempt + 1 < self.max_attempts:
+                spent[i] = verdict
+                retry.append(i)
+                continue
+            yield i, verdict
+        return retry
+
+    def _verdict(self, result: Any, attempt: int, previous: Verdict | None) -> Verdict:
+        prev_cost = (previous.input_tokens, previous.output_tokens, previous.cost_usd) if previous else (0, 0, 0.0)
+        if isinstance(result, Exception) and "empty completion" in str(result):
+            # Still empty after every transport retry: the judge gave no rating, like an unparseable reply.
+            return Verdict(math.nan, "", attempt + 1, parse_failed=True, input_tokens=prev_cost[0],
+                           output_tokens=prev_cost[1], cost_usd=prev_cost[2])
+        if isinstance(result, Exception):
+            return Verdict(math.nan, "", attempt + 1, error=f"{type(result).__name__}: {result}",
+                           input_tokens=prev_cost[0], output_tokens=prev_cost[1], cost_usd=prev_cost[2])
+        score = parse_rating(result.text)
+        self._account(result)
+        return Verdict(score, result.text, attempt + 1, parse_failed=math.isnan(score),
+                       input_tokens=prev_cost[0] + result.input_tokens,
+                       output_tokens=prev_cost[1] + result.output_tokens, cost_usd=prev_cost[2] + result.cost_usd)
+
+    def _account(self, comp: Completion) -> None:
+        self.stats["cost_usd"] += comp.cost_usd
+        self.stats["input_tokens"] += comp.input_tokens
+        self.stats["output_tokens"] += comp.output_tokens
+
+
+def _is_budget_stop(result: Any) -> bool:
+    # LLMClient re-raises its own BudgetExceeded as a plain LLMError naming it: stop the sweep either way.
+    return isinstance(result, BudgetExceeded) or (isinstance(result, LLMError) and "BudgetExceeded" in str(result))
+
+
+# -- resumable sweeps over records -----------------------------------------------------------------
+
+
+def record_path(benchmark: str, judge_name: str, model_tag: str, item_id: str, run: int) -> Path:
+    """``outputs/results/<benchmark>/<judge>/<model_tag>/<item_id>-run<k>.json``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(item_id))
+    return paths.results_dir(benchmark) / judge_name / model_tag / f"{safe}-run{run}.json"
+
+
+def judge_sweep(judge: Judge, requests: list[JudgeRequest] | Callable[[int], list[JudgeRequest]], *,
+                benchmark: str, model_tag: str, runs: int = 2, meta: dict[str, Any] | None = None) -> dict[str, int]:
+    """Rate every request ``runs`` times, one record each; finished records are skipped. Returns counts.
+
+    ``requests`` may be a function of the run index, for prompts that change between runs
+    (LongBench-Chat reshuffles its few-shot examples).
+    """
+    counts = {"judged": 0, "skipped": 0, "nan": 0, "failed": 0}
+    for run in range(runs):
+        batch = requests(run) if callable(requests) else requests
+        todo = [r for r in batch if not record_exists(record_path(benchmark, judge.name, model_tag, r.item_id, run))]
+        counts["skipped"] += len(batch) - len(todo)
+        if not todo:
+            continue
+        for i, verdict in judge.judge_many(todo, run=run, desc=f"{benchmark}/{model_tag} run {run}"):
+            if verdict.error is not None and judge.kind != "overlap":
+                counts["failed"] += 1  # transport failure: no record, so a rerun asks again
+                continue
+            _write_verdict(judge, todo[i], verdict, benchmark, model_tag, run, meta or {})
+            counts["judged"] += 1
+            counts["nan"] += math.isnan(verdict.score)
+    if counts["nan"] or counts["failed"]:
+        print(f"[{benchmark}/{model_tag}] {counts['nan']} unparseable rating(s) recorded as NaN, "
+              f"{counts['failed']} request(s) failed (no record; rerun to retry)")
+    return counts
+
+
+def _write_verdict(judge: Judge, req: JudgeRequest, verdict: Verdict, benchmark: str, model_tag: str,
+                   run: int, meta: dict[str, Any]) -> None:
+    record = {**meta, **req.extra, "benchmark": benchmark, "model_tag": model_tag, "item_id": req.item_id,
+              "run": run, "judge": judge.name, "judge_kind": judge.kind, "judge_model": judge.model,
+              "scale_low": req.low, "scale_high": req.high, **asdict(verdict), "answer": req.answer}
+    record["score"] = None if math.isnan(verdict.score) else verdict.score  # JSON has no NaN
+    write_record(record_path(benchmark, judge.name, model_tag, req.item_id, run), record)
+
+
+# -- summaries ---------------------------------------------------------------------------------------
+
+
+def item_scores(records: pd.DataFrame) -> pd.DataFrame:
+    """Per (benchmark, judge, model, item): mean over runs of the parsed scores, and how many were NaN."""
+    df = records.copy()
+    df["score"] = pd.to_numeric(df["score"], errors="coerce")
+    keys = ["benchmark", "judge", "model_tag", "item_id"]
+    out = df.groupby(keys, dropna=False).agg(score=("score", "mean"), runs=("run", "nunique"),
+                                             n_nan=("score", lambda s: int(s.isna().sum())))
+    return out.reset_index()
+
+
+def summarise(records: pd.DataFrame) -> pd.DataFrame:
+    """Per (benchmark, judge, model): mean item score (items averaged over runs), items, NaN ratings, std over runs."""
+    items = item_scores(records)
+    df = records.copy()
+    df["score"] = pd.to_numeric(df["score"], errors="coerce")
+    per_run = df.groupby(["benchmark", "judge", "model_tag", "run"])["score"].mean()
+    run_std = per_run.groupby(level=[0, 1, 2]).std(ddof=0).rename("std_over_runs")
+    out = items.groupby(["benchmark", "judge", "model_tag"]).agg(
+        score=("score", "mean"), n_items=("item_id", "nunique"), n_nan=("n_nan", "sum"),
+        sem=("score", lambda s: float(s.std(ddof=1) / math.sqrt(s.count())) if s.count() > 1 else math.nan))
+    return out.join(run_std).reset_index()
+
+
+def results_table(*summaries: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
+    """A Table 3-style grid: one row per model, one column per benchmark (score), from summary frames."""
+    frames = [s[["model_tag", "benchmark", "score"]] for s in summaries if s is not None and len(s)]
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames).pivot_table(index="model_tag", columns="benchmark", values="score", aggfunc="mean")
+    if order:
+        table = table[[c for c in order if c in table.columns] + [c for c in table.columns if c not in order]]
+    return table
