@@ -1,0 +1,187 @@
+"""Learning curves on a long and a short task over a run's checkpoints (paper Fig. 6), EMA-smoothed.
+
+Each (run, checkpoint, task) is one record under ``outputs/results/curves/{run}/``: the mean judge
+score over the task's items plus every answer. The cpu profile scores offline with
+:func:`longalign.eval.judge.overlap_score` (1 + 9·token-F1 against the reference): the long task is
+notebook 01's held-out long QA, the short task the first turns of the MT-Bench questions that have a
+GPT-4 reference answer. Each record also holds the teacher-forced cross-entropy of the reference
+answers (``nll``), a smooth proxy that moves even while a small model's answers are still unusable.
+The figure shows ``score / final score`` (or ``final nll / nll``; final = the last checkpoint's raw
+value), raw dotted and EMA-smoothed solid, as the paper does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from longalign import paths
+from longalign.records import read_record, record_exists, write_record
+
+
+def ema(values: Sequence[float], weight: float = 0.6) -> list[float]:
+    """Exponential moving average ``s_t = weight·s_{t-1} + (1-weight)·x_t`` with ``s_0 = x_0`` (TensorBoard-style)."""
+    if not 0 <= weight < 1:
+        raise ValueError(f"EMA weight must be in [0, 1), got {weight}")
+    out: list[float] = []
+    for x in values:
+        out.append(float(x) if not out else weight * out[-1] + (1 - weight) * float(x))
+    return out
+
+
+def relative_to_final(values: Sequence[float], lower_is_better: bool = False) -> list[float]:
+    """``v / final`` (scores) or ``final / v`` (losses), so the last point is 1 and worse is below 1."""
+    if not len(values):
+        return []
+    final = float(values[-1])
+    if final == 0 or math.isnan(final):
+        raise ValueError(f"final value is {final}: a relative curve needs a non-zero final value")
+    return [final / float(v) if lower_is_better else float(v) / final for v in values]
+
+
+def run_record(run: str) -> dict[str, Any]:
+    """The run record ``outputs/runs/{run}.json``; a missing one names the notebook that writes it."""
+    path = paths.runs_dir() / f"{run}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebooks/03_training_methods.ipynb first "
+                                f"(it writes the runs and their checkpoints)")
+    return read_record(path)
+
+
+def run_checkpoints(run: str) -> list[dict[str, Any]]:
+    """``[{"step", "path"}]`` (absolute paths, by step) of a run's checkpoints that exist on disk."""
+    ckpts = []
+    for c in run_record(run).get("checkpoints", []):
+        path = paths.outputs() / c["path"]
+        if (path / "config.json").is_file():
+            ckpts.append({"step": int(c["step"]), "path": path})
+    if not ckpts:
+        raise FileNotFoundError(f"run {run!r} has no checkpoints on disk: rerun notebooks/03_training_methods.ipynb "
+                                f"with save_steps > 0 to get intermediate checkpoints")
+    return sorted(ckpts, key=lambda c: c["step"])
+
+
+def load_checkpoint(path: str | Path):
+    """(model, tokenizer) of a ``save_pretrained`` checkpoint folder, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from longalign.models import attention_implementation
+
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention_implementation())
+    return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+def list_runs() -> list[str]:
+    """Names of the finished runs under ``outputs/runs`` (one ``{name}.json`` record each), sorted."""
+    return sorted(p.stem for p in paths.runs_dir().glob("*.json"))
+
+
+def load_for_eval(spec: str):
+    """(model, tokenizer, tag) for ``smollm2``, ``run:NAME`` (its final checkpoint) or an HF path / hub id."""
+    from longalign import models
+
+    if spec.startswith("run:"):
+        run = spec[len("run:"):]
+        final = run_checkpoints(run)[-1]
+        return (*load_checkpoint(final["path"]), f"{run}-step{final['step']}")
+    tag = Path(spec).name.replace("/", "_")
+    return models.load_causal_lm(spec).eval(), models.load_tokenizer(spec), tag
+
+
+def long_items(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Held-out long-QA items ``{id, prompt, answer}`` (notebook 01's ``heldout-longqa.jsonl``)."""
+    from longalign.eval.longbench_chat import load_heldout
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebooks/01_data_construction.ipynb first")
+    return [{"id": it["id"], "prompt": it["prompt"], "answer": it["answer"]} for it in load_heldout(path, limit)]
+
+
+def short_items(limit: int | None = None) -> list[dict[str, Any]]:
+    """First turns of the MT-Bench questions with a GPT-4 reference answer, as ``{id, prompt, answer}``."""
+    from longalign.eval import mtbench
+
+    refs = mtbench.load_reference_answers()
+    items = [{"id": str(q["question_id"]), "prompt": q["turns"][0], "answer": refs[int(q["question_id"])][0]}
+             for q in mtbench.load_questions() if int(q["question_id"]) in refs]
+    return items[:limit] if limit is not None else items
+
+
+def curve_path(run: str, step: int, task: str) -> Path:
+    """``outputs/results/curves/{run}/step{step:06d}_{task}.json``."""
+    return paths.results_dir("curves") / run / f"step{step:06d}_{task}.json"
+
+
+def answer_nll(model, tokenizer, prompt, answer: str, max_input_tokens: int | None = None,
+               max_answer_tokens: int = 256) -> float:
+    """Mean cross-entropy (nats/token) of the reference ``answer`` (+ EOS) after the chat-templated ``prompt``."""
+    import torch
+    import torch.nn.functional as F
+
+    from longalign.eval.generate import context_window, encode_prompt
+
+    target = tokenizer(answer, add_special_tokens=False)["input_ids"][:max_answer_tokens]
+    target += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    budget = (context_window(model) or 10**9) - len(target)
+    prompt_ids = encode_prompt(tokenizer, prompt, min(budget, max_input_tokens or budget))
+    ids = torch.tensor([prompt_ids + target])
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False).logits[0, len(prompt_ids) - 1:-1]
+    return float(F.cross_entropy(logits.float(), torch.tensor(target)))
+
+
+def score_items(model, tokenizer, items: list[dict[str, Any]], *, max_new_tokens: int,
+                max_input_tokens: int | None = None, batch_size: int = 1) -> tuple[float, list[dict[str, Any]]]:
+    """Greedy answers to ``items`` scored by the offline overlap judge: (mean score, per-item rows)."""
+    from longalign.eval.generate import generate
+    from longalign.eval.judge import overlap_score
+
+    answers = generate(model, tokenizer, [it["prompt"] for it in items], max_new_tokens=max_new_tokens,
+                       max_input_tokens=max_input_tokens, batch_size=batch_size, progress=False)
+    rows = [{"id": it["id"], "answer": a.strip(), "score": overlap_score(a, it["answer"]),
+             "nll": answer_nll(model, tokenizer, it["prompt"], it["answer"], max_input_tokens)}
+            for it, a in zip(items, answers)]
+    return sum(r["score"] for r in rows) / max(len(rows), 1), rows
+
+
+def evaluate_run(run: str, tasks: dict[str, list[dict[str, Any]]], *, max_new_tokens: dict[str, int],
+                 max_input_tokens: int | None = None, batch_size: int = 1, progress: bool = True) -> list[dict]:
+    """One record per (checkpoint, task) of ``run``; finished ones are read back, not recomputed."""
+    from tqdm.auto import tqdm
+
+    records = []
+    for ckpt in tqdm(run_checkpoints(run), desc=f"curves {run}", disable=not progress):
+        todo = [t for t in tasks if not record_exists(curve_path(run, ckpt["step"], t))]
+        model, tokenizer = load_checkpoint(ckpt["path"]) if todo else (None, None)
+        for task in todo:
+            start = time.time()
+            score, rows = score_items(model, tokenizer, tasks[task], max_new_tokens=max_new_tokens[task],
+                                      max_input_tokens=max_input_tokens, batch_size=batch_size)
+            write_record(curve_path(run, ckpt["step"], task), {
+                "run": run, "step": ckpt["step"], "task": task, "score": score, "n_items": len(rows),
+                "scorer": "overlap",
+                "nll": sum(r["nll"] for r in rows) / max(len(rows), 1), "items": rows, "wall_s": time.time() - start})
+        records += [read_record(curve_path(run, ckpt["step"], t)) for t in tasks]
+    return records
+
+
+def curve_frame(df: pd.DataFrame, weight: float = 0.6, metric: str = "score") -> pd.DataFrame:
+    """Records → one row per (run, task, step) with ``relative`` and ``relative_ema`` of ``metric`` (score or nll)."""
+    if metric not in ("score", "nll"):
+        raise ValueError(f"metric must be 'score' or 'nll', got {metric!r}")
+    missing = {"run", "task", "step", metric} - set(df.columns)
+    if missing:
+        raise ValueError(f"curve records lack columns {sorted(missing)}")
+    parts = []
+    for _, g in df.sort_values("step").groupby(["run", "task"], sort=False):
+        g = g[["run", "task", "step", *dict.fromkeys(["score", metric])]].copy()
+        g["relative"] = relative_to_final(g[metric].tolist(), lower_is_better=metric == "nll")
+        g["relative_ema"] = ema(g["relative"].tolist(), weight)
+        parts.append(g)
+    return pd.concat(parts, ignore_index=True)

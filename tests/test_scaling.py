@@ -1,0 +1,47 @@
+"""eval.scaling: variant → TrainConfig mapping, and the scaling figure from records."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from longalign import paths
+from longalign.eval import scaling
+from longalign.plots.scaling import plot_scaling
+
+DEFAULTS = dict(model="tiny", method="packing_weighted", max_len=256, max_steps=2, layers=2, heads=2,
+                deepspeed="configs/deepspeed/zero3_offload.json")
+
+
+def test_tiny_variant_sets_overrides_and_name():
+    cfg = scaling.variant_config({"name": "h64", "hidden": 64}, ["d.jsonl"], DEFAULTS)
+    assert cfg.name() == "scale-h64" and cfg.model == "tiny" and cfg.data == ["d.jsonl"]
+    assert cfg.model_overrides == {"hidden": 64, "layers": 2, "heads": 2}
+    assert cfg.deepspeed == str(paths.ROOT / "configs/deepspeed/zero3_offload.json")
+    cfg.validate()
+
+
+def test_pretrained_variant_drops_tiny_shape_and_overrides_fields():
+    cfg = scaling.variant_config({"name": "big", "model": "some/hub-model", "method": "sorted", "max_len": 1024},
+                                 ["d.jsonl"], DEFAULTS)
+    assert cfg.model == "some/hub-model" and cfg.method == "sorted" and cfg.max_len == 1024
+    assert cfg.model_overrides == {}
+
+
+def test_variant_errors():
+    with pytest.raises(ValueError, match="name"):
+        scaling.variant_config({"hidden": 64}, [], DEFAULTS)
+    with pytest.raises(ValueError, match="unknown TrainConfig keys"):
+        scaling.variant_config({"name": "x", "hiden": 64}, [], DEFAULTS)
+    with pytest.raises(ValueError, match="empty"):
+        scaling.evaluate_variant("x", {}, [], [], max_len=8, qa_max_new_tokens=1)
+
+
+def test_plot_scaling_from_records():
+    df = pd.DataFrame([{"name": n, "params": p, "final_loss_token": l, "heldout_loss_token": l + 0.1, "qa_score": q}
+                       for n, p, l, q in (("b", 2e6, 5.0, 1.5), ("a", 1e6, 6.0, 1.2))])
+    fig = plot_scaling(df)
+    xs = fig.axes[0].lines[0].get_xdata()
+    assert list(xs) == [1e6, 2e6] and fig.axes[0].get_xscale() == "log"
+    plt.close(fig)
