@@ -1,0 +1,141 @@
+"""Context extension (paper Sec. 4.1): RoPE base scaling for any HF causal LM, continual-pretraining data, per-position loss.
+
+The paper extends ChatGLM3-6B (8k) and Llama-2-7B/13B (4k) to 64k by multiplying the RoPE base by
+200 (10,000 -> 2,000,000) and continuing pretraining on documents under 64k tokens for 10B tokens,
+with a plain LM loss over packed long text (``longalign.train`` method ``pretrain``).
+
+- :func:`scale_rope_base` works on any config layout: transformers 5.x ``rope_parameters`` (flat or
+  per layer type), the older top-level ``rope_theta`` (+ ``rope_scaling``), and ChatGLM's
+  ``rope_ratio`` (base = 10,000 x rope_ratio); it raises ``max_position_embeddings`` (and ChatGLM's
+  ``seq_length``). :func:`extend_model` writes an HF folder with the scaled config; the rotary
+  frequencies are a non-persistent buffer, recomputed from the config on load.
+- :func:`pretrain_dataset` turns documents into LM rows (labels = input_ids) of at most ``max_len``.
+- :func:`per_position_loss` measures mean CE at each position of fixed-length held-out windows.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PAPER_ROPE_FACTOR = 200.0  # 10,000 -> 2,000,000
+PAPER_MAX_LEN = 65_536
+PAPER_TOKENS = 10_000_000_000
+CHATGLM_BASE = 10_000.0
+
+
+def rope_base(config: Any) -> float:
+    """The RoPE base (theta) of a config, whatever its layout (first layer type if per-type)."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict):
+        if "rope_theta" in params:
+            return float(params["rope_theta"])
+        nested = [v["rope_theta"] for v in params.values() if isinstance(v, dict) and "rope_theta" in v]
+        if nested:
+            return float(nested[0])
+    if getattr(config, "rope_theta", None) is not None:
+        return float(config.rope_theta)
+    if getattr(config, "rope_ratio", None) is not None:
+        return CHATGLM_BASE * float(config.rope_ratio)
+    raise ValueError(f"{type(config).__name__}: no RoPE base found (rope_parameters / rope_theta / rope_ratio)")
+
+
+def scale_rope_base(config: Any, factor: float, max_position: int | None = None) -> Any:
+    """A copy of ``config`` with the RoPE base multiplied by ``factor`` and the position limit raised."""
+    if factor <= 0:
+        raise ValueError(f"factor must be > 0, got {factor}")
+    config = copy.deepcopy(config)
+    before = rope_base(config)
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and any("rope_theta" in v for v in [params, *params.values()] if isinstance(v, dict)):
+        _scale_rope_parameters(params, factor)
+    elif getattr(config, "rope_theta", None) is not None:
+        config.rope_theta = float(config.rope_theta) * factor
+    else:
+        config.rope_ratio = float(config.rope_ratio) * factor
+    if max_position is not None:
+        _raise_max_position(config, max_position)
+    assert abs(rope_base(config) - before * factor) <= 1e-6 * before * factor, "RoPE base was not scaled"
+    return config
+
+
+def _scale_rope_parameters(params: dict, factor: float) -> None:
+    """Scale ``rope_theta`` in a flat or per-layer-type ``rope_parameters`` dict, in place."""
+    if "rope_theta" in params:
+        params["rope_theta"] = float(params["rope_theta"]) * factor
+    for value in params.values():
+        if isinstance(value, dict) and "rope_theta" in value:
+            value["rope_theta"] = float(value["rope_theta"]) * factor
+
+
+def _raise_max_position(config: Any, max_position: int) -> None:
+    """Set every position limit the config has (Llama-style and ChatGLM-style) to ``max_position``."""
+    for attr in ("max_position_embeddings", "seq_length"):
+        if hasattr(config, attr):
+            setattr(config, attr, int(max_position))
+    if not hasattr(config, "max_position_embeddings"):
+        config.max_position_embeddings = int(max_position)
+
+
+def extend_model(source: str | Path, dest: str | Path, factor: float = PAPER_ROPE_FACTOR,
+                 max_position: int = PAPER_MAX_LEN) -> Path:
+    """Save ``source`` (HF folder or hub id) with a scaled RoPE base at ``dest`` (model + tokenizer)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = scale_rope_base(AutoConfig.from_pretrained(source, trust_remote_code=True), factor, max_position)
+    model = AutoModelForCausalLM.from_pretrained(source, config=config, trust_remote_code=True, dtype="auto")
+    dest = Path(dest)
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(source, trust_remote_code=True).save_pretrained(dest)
+    return dest
+
+
+def pretrain_dataset(texts: Iterable[str], tokenizer: Any, max_len: int, min_len: int = 16):
+    """LM rows (input_ids, labels = input_ids, length): each document + EOS cut into pieces of <= max_len."""
+    import datasets
+
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    rows: dict[str, list] = {"input_ids": [], "labels": [], "length": []}
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + eos
+        for start in range(0, len(ids), max_len):
+            piece = ids[start:start + max_len]
+            if len(piece) >= min_len:
+                rows["input_ids"].append(piece)
+                rows["labels"].append(list(piece))
+                rows["length"].append(len(piece))
+    if not rows["length"]:
+        raise ValueError(f"no document yields a piece of >= {min_len} tokens")
+    return datasets.Dataset.from_dict(rows)
+
+
+def eval_windows(texts: Iterable[str], tokenizer: Any, length: int, max_windows: int) -> torch.Tensor:
+    """Up to ``max_windows`` non-overlapping windows of exactly ``length`` tokens from the documents."""
+    windows = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        windows += [ids[s:s + length] for s in range(0, len(ids) - length + 1, length)]
+        if len(windows) >= max_windows:
+            break
+    if not windows:
+        raise ValueError(f"no held-out document has {length} tokens; lower the evaluation length or add text")
+    return torch.tensor(windows[:max_windows], dtype=torch.long)
+
+
+@torch.no_grad()
+def per_position_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 2) -> np.ndarray:
+    """Mean next-token CE at each position 1..L-1 over the windows ``[N, L]`` (one sequence per row)."""
+    model.eval()
+    total = torch.zeros(windows.shape[1] - 1, dtype=torch.float64)
+    for start in range(0, windows.shape[0], batch_size):
+        ids = windows[start:start + batch_size]
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+        ce = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        total += ce.sum(0).double()
+    return (total / windows.shape[0]).numpy()

@@ -1,0 +1,695 @@
+"""The training entry point: HF ``Trainer`` with LongAlign's four batching methods and exact loss weighting.
+
+Methods (``TrainConfig.method``):
+
+- ``naive``: shuffled padded batches of ``per_device_batch`` sequences, per-sequence mean loss.
+- ``sorted``: sorted batching (neighbours in length order share a micro-step across all ranks,
+  micro-steps shuffled), per-sequence mean loss.
+- ``packing``: best-fit packs flattened to ``[1, T]`` with restarting ``position_ids``; the paper's
+  biased Eq. 3 (each pack's token mean, averaged over the packs of the optimizer step).
+- ``packing_weighted``: the same packs with loss weighting, Eq. 4 = Eq. 2 (per-sequence mean).
+- ``pretrain``: packed plain text, plain token-mean LM loss (continual pretraining, notebook 02).
+
+Counting: K (packs), M (sequences with targets) and N (target tokens) are counted over the whole
+optimizer step -- every gradient-accumulation micro-step on every rank, all-reduced -- before the
+first forward of the step (:meth:`LongAlignTrainer.get_batch_samples`). Each micro-step's loss is
+``world_size * sum_t w_t CE_t / D`` (w = 1/N_i, D = M for per-sequence means; w = 1/N_pack, D = K for
+Eq. 3; w = 1, D = N for pretraining): Trainer's division by GA is switched off
+(``loss_is_scaled_for_ga``) and the factor ``world_size`` undoes DDP's / DeepSpeed's gradient mean,
+so the accumulated gradient equals that of Eq. 2 for any GA, world size and packs per device
+(tested against an unpacked reference in ``tests/test_train_equivalence.py``). The official code
+is exact only for GA 1 on one node (K = local GPU count, M fixed per group of packs).
+
+Every step logs the token-mean and the sequence-mean loss (whatever the objective), the learning
+rate, and per-rank compute / wait / communication seconds. Under plain DDP with
+``explicit_sync`` (default) gradients are reduced by one explicit all-reduce after a timed barrier,
+and with ``sync_micro_steps`` ranks also meet after every micro-step (as ZeRO-3's per-layer gathers
+force), so wait time is measured, not inferred. Each run writes ``outputs/runs/{name}.json``
+(atomic) and HF checkpoints at ``outputs/runs/{name}/checkpoint-{step}``; reruns resume.
+
+API: :class:`TrainConfig`, :func:`run_training` (cfg, dataset=None, overwrite=False) -> run record,
+:func:`launch_runs` (several configs in-process or in one torchrun launch), :func:`training_run_configs`
+(notebook 03's runs from its parameters), :func:`evaluate_loss` (held-out token / sequence mean of a
+checkpoint), and the pure loss pieces :func:`loss_sums` / :func:`objective`.
+
+Paper command (8xA800, ZeRO-3 + CPU offload)::
+
+    torchrun --nproc_per_node 8 scripts/train.py --profile paper --method packing_weighted
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from longalign import models, paths, records
+
+METHODS = ("naive", "sorted", "packing", "packing_weighted", "pretrain")
+PACKED_METHODS = ("packing", "packing_weighted", "pretrain")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+TINY_OVERRIDES = ("hidden", "layers", "heads", "max_position", "rope_theta")
+
+
+@dataclass
+class TrainConfig:
+    """One training run: method, model, data, optimisation and output name (JSON-serialisable)."""
+
+    method: str = "packing_weighted"
+    model: str = "tiny"  # "tiny" | "smollm2" | HF path / hub id (e.g. outputs/models/<name>)
+    tokenizer: str | None = None  # default: bpe-8k for "tiny", the model's own otherwise
+    data: list[str] = field(default_factory=list)  # chat JSONL files ({"messages", "meta"} rows)
+    tokenized_dir: str | None = None  # or a datasets.save_to_disk folder with input_ids / labels
+    output_name: str | None = None  # default "{method}-seed{seed}"
+    max_len: int = 2048
+    max_steps: int = -1  # > 0 overrides num_epochs
+    num_epochs: float = 1.0
+    seed: int = 0
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.03
+    lr_scheduler: str = "cosine"
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optimizer: str = "adamw_torch"  # any TrainingArguments.optim ("sgd" in the equivalence test)
+    per_device_batch: int = 1  # sequences (naive / sorted) or packs (packing*) per micro-step
+    grad_accum: int = 1
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+    dtype: str = "float32"  # parameter dtype: float32 | float64 | bfloat16
+    deepspeed: str | None = None  # e.g. configs/deepspeed/zero3_offload.json
+    pack_strategy: str = "bfd"
+    save_steps: int = 0  # 0: only the final checkpoint
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # tiny: hidden/layers/heads/max_position/rope_theta
+    attn_implementation: str | None = None  # default: FA2 on CUDA, longalign packed attention on CPU
+    explicit_sync: bool = True  # DDP only: timed barrier + one explicit gradient all-reduce
+    sync_micro_steps: bool = True  # with explicit_sync: ranks meet after each micro-step (like ZeRO-3)
+    use_cpu: bool = False
+
+    def name(self) -> str:
+        """The run name: ``output_name`` or ``{method}-seed{seed}``."""
+        return self.output_name or f"{self.method}-seed{self.seed}"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict, rejecting unknown keys (typos in YAML profiles fail loudly)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; known: {sorted(known)}")
+        d = dict(d)
+        if "adam_betas" in d:
+            d["adam_betas"] = tuple(d["adam_betas"])
+        return cls(**d)
+
+    def validate(self) -> None:
+        """Raise ValueError on inconsistent settings."""
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose from {sorted(DTYPES)}")
+        if self.per_device_batch < 1 or self.grad_accum < 1 or self.max_len < 2:
+            raise ValueError("per_device_batch and grad_accum must be >= 1 and max_len >= 2")
+        bad = sorted(set(self.model_overrides) - set(TINY_OVERRIDES))
+        if bad:
+            raise ValueError(f"unknown model_overrides {bad}; known: {TINY_OVERRIDES}")
+
+
+# ----------------------------------------------------------------------------- loss terms
+
+def loss_sums(logits: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Σ CE, Σ w·CE (w = 1/N_i, the collator's ``loss_weights``) and Σ CE/N_pack over the micro-batch (graph kept).
+
+    Label t+1 is predicted from position t; the collators already set the first label of every
+    sequence to -100, so nothing is predicted across a pack boundary.
+    """
+    labels = batch["labels"][:, 1:]
+    valid = labels != -100
+    logit = logits[:, :-1][valid]
+    if logit.dtype in (torch.bfloat16, torch.float16):
+        logit = logit.float()
+    ce = F.cross_entropy(logit, labels[valid], reduction="none")
+    # the collator stores 1/N_i in float32; recover the integer N_i so float64 runs stay exact
+    n_i = torch.round(1.0 / batch["loss_weights"][:, 1:][valid].double())
+    sums = {"ce": ce.sum(), "seq": (ce / n_i.to(ce.dtype)).sum()}
+    if "pack_ids" in batch:  # Eq. 3: every pack's token mean
+        pack = batch["pack_ids"][:, 1:][valid]
+        n_pack = torch.bincount(pack).to(ce.dtype)
+        sums["pack"] = (ce / n_pack[pack]).sum()
+    return sums
+
+
+def objective(method: str, sums: dict[str, torch.Tensor], totals: dict[str, float], world_size: int) -> torch.Tensor:
+    """This rank's share of the step objective, scaled by ``world_size`` to undo the gradient mean."""
+    if method == "pretrain":
+        term, denom = sums["ce"], totals["targets"]
+    elif method == "packing":
+        term, denom = sums["pack"], totals["packs"]
+    else:
+        term, denom = sums["seq"], totals["sequences"]
+    return term * (world_size / max(denom, 1.0))
+
+
+# ----------------------------------------------------------------------------- batching
+
+def batch_sampler(lengths: list[int], cfg: TrainConfig, world_size: int, rank: int):
+    """This rank's micro-batch sampler for the method (core ``batching``; deterministic per seed/epoch)."""
+    from longalign import batching
+
+    common = dict(world_size=world_size, rank=rank, seed=cfg.seed, grad_accum=cfg.grad_accum)
+    if cfg.method in PACKED_METHODS:
+        return batching.PackedBatchSampler(lengths, cfg.max_len, packs_per_device=cfg.per_device_batch,
+                                           strategy=cfg.pack_strategy, yield_pack_ids=True, **common)
+    cls = batching.RandomBatchSampler if cfg.method == "naive" else batching.SortedBatchSampler
+    return cls(lengths, cfg.per_device_batch, **common)
+
+
+def collate_micro_batch(features: list[dict], packed: bool, pad_id: int) -> dict[str, Any]:
+    """Core collators: packed ``[1, T]`` plus per-token ``pack_ids`` (for Eq. 3), or padded ``[B, T]``."""
+    from longalign import collate
+
+    if not packed:
+        return collate.PaddingCollator(pad_token_id=pad_id)(features)
+    batch = collate.PackingCollator(pad_token_id=pad_id)(features)
+    sizes = torch.tensor([len(f["input_ids"]) for f in features])
+    batch["pack_ids"] = torch.repeat_interleave(torch.tensor([f["pack_id"] for f in features]), sizes)[None]
+    return batch
+
+
+class _StepEndCallback(TrainerCallback):
+    """Closes each step's log row once the optimizer has stepped."""
+
+    def __init__(self, trainer: "LongAlignTrainer"):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.finish_step()
+
+
+class _SamplerEpochCallback(TrainerCallback):
+    """Trainer only reaches ``set_epoch`` of prepared loaders; ours is per-rank and unprepared."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.sampler.set_epoch(int(state.epoch or 0))
+
+
+# ----------------------------------------------------------------------------- the Trainer
+
+class LongAlignTrainer(Trainer):
+    """Trainer whose loss is counted over the whole optimizer step (all ranks x all micro-steps)."""
+
+    def __init__(self, *args, cfg: TrainConfig, lengths: list[int], pad_id: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cfg, self.lengths, self.pad_id = cfg, list(lengths), pad_id
+        self.packed = cfg.method in PACKED_METHODS
+        self.loss_is_scaled_for_ga = True  # our loss already divides by the step totals
+        self.step_log: list[dict[str, Any]] = []
+        self._micro, self._n_micro, self._totals, self._acc, self._pending = 0, 0, {}, {}, None
+        self.add_callback(_StepEndCallback(self))
+
+    # -- data
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        """Per-rank sampler + core collator; not passed through accelerate (the sampler already shards)."""
+        from longalign.batching import WithPackIds
+
+        sampler = batch_sampler(self.lengths, self.cfg, self.args.world_size, self.args.process_index)
+        self.add_callback(_SamplerEpochCallback(sampler))
+        data = WithPackIds(self.train_dataset) if self.packed else self.train_dataset
+        return torch.utils.data.DataLoader(
+            data, batch_sampler=sampler, num_workers=0,
+            collate_fn=lambda feats: collate_micro_batch(feats, self.packed, self.pad_id))
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Fetch the step's micro-batches and all-reduce K, M, N and token counts before any forward."""
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        local = torch.zeros(6, dtype=torch.float64)
+        for b in batches:
+            real = int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+            local += torch.tensor([b["num_target_tokens"], b["num_sequences"], b["num_packs"], real,
+                                   b["input_ids"].numel(), 1.0], dtype=torch.float64)
+        total = self._all_reduce(local)
+        self._totals = dict(zip(("targets", "sequences", "packs", "tokens", "positions", "micro"), total.tolist()))
+        self._micro, self._n_micro = 0, len(batches)
+        self._acc = {"ce": 0.0, "seq": 0.0, "compute": 0.0, "wait": 0.0, "comm": 0.0, "t0": time.perf_counter()}
+        return batches, None
+
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks (on the backend's device), returned on CPU as float64."""
+        if not (dist.is_available() and dist.is_initialized()) or self.args.world_size == 1:
+            return t
+        dev = self.args.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = t.to(dev)
+        dist.all_reduce(t)
+        return t.cpu()
+
+    # -- loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """This rank's weighted share of the step objective (see module docstring)."""
+        fwd = {k: inputs[k] for k in ("input_ids", "position_ids", "attention_mask") if k in inputs}
+        if self.packed and self._varlen():
+            fwd.update({k: inputs[k] for k in VARLEN_KEYS if k in inputs})
+        out = model(**fwd, use_cache=False)
+        sums = loss_sums(out.logits, inputs)
+        totals = self._totals or {"targets": inputs["num_target_tokens"], "sequences": inputs["num_sequences"],
+                                  "packs": inputs["num_packs"]}  # outside a training step (evaluation)
+        self._acc["ce"] = self._acc.get("ce", 0.0) + float(sums["ce"].detach())
+        self._acc["seq"] = self._acc.get("seq", 0.0) + float(sums["seq"].detach())
+        loss = objective(self.cfg.method, sums, totals, self.args.world_size)
+        return (loss, out) if return_outputs else loss
+
+    def _varlen(self) -> bool:
+        impl = getattr(self.model.config, "_attn_implementation", "")
+        return impl in ("flash_attention_2", "longalign_packed")
+
+    # -- step
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Forward + backward of one micro-step, timed; the last one reduces gradients and logs the step."""
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        explicit = self._explicit(model)
+        t0 = time.perf_counter()
+        with (model.no_sync() if explicit else contextlib.nullcontext()):
+            with self.compute_loss_context_manager():
+                loss = self.compute_loss(model, inputs)
+            kwargs = {"scale_wrt_gas": False} if self.is_deepspeed_enabled else {}
+            last = self._micro == self._n_micro - 1
+            if last:  # the learning rate this step's update will use
+                self._acc["lr"] = self._get_learning_rate()
+            self.accelerator.backward(loss, **kwargs)
+        self._acc["compute"] += time.perf_counter() - t0
+        if explicit and (self.cfg.sync_micro_steps or last):
+            self._acc["wait"] += self._timed_barrier()
+        if explicit and last:
+            self._acc["comm"] += self._reduce_gradients(model)
+        self._micro += 1
+        if last:
+            self._log_step()
+        return loss.detach()
+
+    def _explicit(self, model) -> bool:
+        return self.cfg.explicit_sync and isinstance(model, DistributedDataParallel)
+
+    def _timed_barrier(self) -> float:
+        t0 = time.perf_counter()
+        dist.barrier()
+        return time.perf_counter() - t0
+
+    def _reduce_gradients(self, model) -> float:
+        """One flat all-reduce of all gradients, averaged as DDP would (the loss carries the x world)."""
+        t0 = time.perf_counter()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.args.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+        return time.perf_counter() - t0
+
+    def _log_step(self) -> None:
+        """All-reduce the step's loss sums, gather per-rank timings, append one log row."""
+        a, t = self._acc, self._totals
+        sums = self._all_reduce(torch.tensor([a["ce"], a["seq"]], dtype=torch.float64)).tolist()
+        timing = self._gather(torch.tensor([a["compute"], a["wait"], a["comm"]], dtype=torch.float64))
+        row = {
+            "step": self.state.global_step + 1, "loss_token": sums[0] / max(t["targets"], 1),
+            "loss_sequence": sums[1] / max(t["sequences"], 1), "lr": a.get("lr"),
+            "targets": int(t["targets"]), "sequences": int(t["sequences"]), "packs": int(t["packs"]),
+            "tokens": int(t["tokens"]), "positions": int(t["positions"]), "micro_batches": int(t["micro"]),
+            "compute_s": timing[:, 0].tolist(), "wait_s": timing[:, 1].tolist(), "comm_s": timing[:, 2].tolist(),
+        }
+        self._pending = row  # completed by on_step_end, after the optimizer step
+
+    def finish_step(self) -> None:
+        """Stamp the step's wall time (batch fetch -> optimizer step done) and append its log row."""
+        row, self._pending = getattr(self, "_pending", None), None
+        if row is None:
+            return
+        row["step_s"] = time.perf_counter() - self._acc["t0"]
+        self.step_log.append(row)
+        if self.args.process_index == 0:
+            records.append_jsonl(Path(self.args.output_dir) / "log.jsonl", row)
+
+    def _gather(self, t: torch.Tensor) -> np.ndarray:
+        """[world, n] table of a per-rank vector."""
+        if not (dist.is_available() and dist.is_initialized()) or self.args.world_size == 1:
+            return t[None].numpy()
+        dev = self.args.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        out = [torch.zeros_like(t, device=dev) for _ in range(self.args.world_size)]
+        dist.all_gather(out, t.to(dev))
+        return torch.stack([o.cpu() for o in out]).numpy()
+
+
+# ----------------------------------------------------------------------------- model, data, arguments
+
+def load_tokenizer(cfg: TrainConfig):
+    """The run's tokenizer: ``cfg.tokenizer``, else bpe-8k for the tiny model, else the model's own."""
+    name = cfg.tokenizer or ("bpe-8k" if cfg.model == "tiny" else cfg.model)
+    return models.load_tokenizer(name)
+
+
+def default_attn_implementation() -> str:
+    """FA2 on CUDA with flash_attn; on CPU the exact per-segment packed attention of ``longalign.attention``."""
+    impl = models.attention_implementation()
+    if impl == "sdpa":
+        try:
+            from longalign.attention import ATTN_IMPLEMENTATION
+            return ATTN_IMPLEMENTATION
+        except ImportError:
+            return impl
+    return impl
+
+
+def build_model(cfg: TrainConfig, tokenizer) -> torch.nn.Module:
+    """A fresh tiny Llama (seeded) or a pretrained causal LM, in ``cfg.dtype``."""
+    attn = cfg.attn_implementation or default_attn_implementation()
+    dtype = DTYPES[cfg.dtype]
+    if cfg.model == "tiny":
+        o = cfg.model_overrides
+        conf = models.tiny_llama_config(
+            len(tokenizer), hidden=o.get("hidden", 256), layers=o.get("layers", 4), heads=o.get("heads", 4),
+            max_position=o.get("max_position", max(8192, cfg.max_len)), rope_theta=o.get("rope_theta", 10_000.0))
+        return models.tiny_llama(conf, seed=cfg.seed, dtype=dtype, attn_implementation=attn)
+    if cfg.model_overrides:
+        raise ValueError("model_overrides apply to model='tiny' only; extend pretrained models with longalign.context")
+    return models.load_causal_lm(cfg.model, dtype=dtype, attn_implementation=attn)
+
+
+def load_train_dataset(cfg: TrainConfig, tokenizer):
+    """Tokenized rows (input_ids, labels, length) from ``tokenized_dir`` or the chat JSONL ``data``."""
+    if cfg.tokenized_dir:
+        import datasets
+        return datasets.load_from_disk(cfg.tokenized_dir)
+    if not cfg.data:
+        raise ValueError("TrainConfig needs `data` (JSONL paths) or `tokenized_dir` (or pass dataset=...)")
+    missing = [p for p in cfg.data if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"training data not found: {missing}")
+    from longalign import tokenize
+    name = _tokenized_name(cfg, tokenizer)
+    if _is_main() and not tokenize.tokenized_dir(name).is_dir():  # tokenize once, shared by runs and ranks
+        dataset, stats = tokenize.tokenize_jsonl(cfg.data, tokenizer, cfg.max_len)
+        tokenize.save_tokenized(dataset, name, stats)
+    _barrier()
+    return tokenize.load_tokenized(name)
+
+
+def _tokenized_name(cfg: TrainConfig, tokenizer) -> str:
+    """Cache key of the tokenized data: files (path, size, mtime), tokenizer and max_len."""
+    import hashlib
+    key = [(str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in cfg.data]
+    key.append((getattr(tokenizer, "name_or_path", ""), len(tokenizer), cfg.max_len))
+    digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]
+    return f"{Path(cfg.data[0]).stem}-{cfg.max_len}-{digest}"
+
+
+def row_lengths(dataset, max_len: int) -> list[int]:
+    """Token length of every row; rows longer than ``max_len`` are an error (truncate when tokenizing)."""
+    lengths = list(dataset["length"]) if "length" in dataset.column_names else [len(x) for x in dataset["input_ids"]]
+    bad = [i for i, n in enumerate(lengths) if n > max_len or n < 2]
+    if bad:
+        raise ValueError(f"{len(bad)} rows have length outside [2, max_len={max_len}] (first: row {bad[0]}, "
+                         f"length {lengths[bad[0]]}); truncate from the right when tokenizing")
+    return lengths
+
+
+def training_arguments(cfg: TrainConfig, out_dir: Path) -> TrainingArguments:
+    """HF TrainingArguments for the run (AdamW betas, cosine, warmup ratio, DeepSpeed, CPU/gloo)."""
+    cpu = cfg.use_cpu or not torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(out_dir), max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        num_train_epochs=cfg.num_epochs, per_device_train_batch_size=cfg.per_device_batch,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler,
+        adam_beta1=cfg.adam_betas[0], adam_beta2=cfg.adam_betas[1], weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, optim=cfg.optimizer, bf16=cfg.bf16,
+        activation_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed,
+        save_strategy="steps" if cfg.save_steps > 0 else "no", save_steps=max(cfg.save_steps, 1),
+        logging_steps=1, report_to="none", seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False,
+        dataloader_num_workers=0, use_cpu=cpu, ddp_backend="gloo" if cpu and _world() > 1 else None,
+        disable_tqdm=False, save_only_model=False,
+    )
+    if cfg.deepspeed and cpu and args.world_size > 1:
+        # use_cpu makes accelerate start a plain gloo group; DeepSpeed's comm layer must wrap it too
+        import deepspeed
+        deepspeed.init_distributed(dist_backend="gloo")
+    return args
+
+
+# ----------------------------------------------------------------------------- the run
+
+def run_dir(cfg: TrainConfig) -> Path:
+    """``outputs/runs/{name}``: checkpoints, log.jsonl and the stored config of the run."""
+    return paths.runs_dir() / cfg.name()
+
+
+def record_path(cfg: TrainConfig) -> Path:
+    """``outputs/runs/{name}.json``: the run record."""
+    return paths.runs_dir() / f"{cfg.name()}.json"
+
+
+def run_training(cfg: TrainConfig, dataset=None, overwrite: bool = False) -> dict[str, Any]:
+    """Train (or resume, or return the finished record of) one run; returns the run record."""
+    cfg.validate()
+    out_dir, rec_path = run_dir(cfg), record_path(cfg)
+    args = training_arguments(cfg, out_dir)  # first: it starts the process group under torchrun
+    if overwrite and _is_main():
+        shutil.rmtree(out_dir, ignore_errors=True)
+        rec_path.unlink(missing_ok=True)
+    _barrier()
+    if rec_path.is_file():
+        return _finished_record(cfg, rec_path)
+    resume = _check_resume(cfg, out_dir)
+    tokenizer = load_tokenizer(cfg)
+    dataset = dataset if dataset is not None else load_train_dataset(cfg, tokenizer)
+    lengths = row_lengths(dataset, cfg.max_len)
+    _seed_everything(cfg.seed)
+    model = build_model(cfg, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    trainer = LongAlignTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                               cfg=cfg, lengths=lengths, pad_id=pad_id)
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    train_s = time.perf_counter() - t0
+    _final_checkpoint(trainer, out_dir)
+    rec = _make_record(cfg, trainer, out_dir, train_s, lengths) if _is_main() else {}
+    if _is_main():
+        records.write_record(rec_path, rec)
+    _barrier()
+    return rec if _is_main() else records.read_record(rec_path)
+
+
+def _finished_record(cfg: TrainConfig, rec_path: Path) -> dict[str, Any]:
+    """The stored record of a finished run with this exact config (a different config is an error)."""
+    rec = records.read_record(rec_path)
+    if rec.get("config") != _jsonable(cfg):
+        raise ValueError(f"{rec_path} holds a run with a different config; pick another output_name or overwrite=True")
+    return rec
+
+
+def _check_resume(cfg: TrainConfig, out_dir: Path) -> bool:
+    """True if ``out_dir`` holds checkpoints of the same config; store the config otherwise."""
+    stored = out_dir / "train_config.json"
+    has_ckpt = any(out_dir.glob("checkpoint-*/trainer_state.json"))
+    if stored.is_file() and json.loads(stored.read_text()) != _jsonable(cfg):
+        raise ValueError(f"{stored}: an unfinished run with a different config; pick another output_name or overwrite=True")
+    if _is_main():
+        if not has_ckpt:
+            (out_dir / "log.jsonl").unlink(missing_ok=True)
+        records.atomic_write_text(stored, json.dumps(_jsonable(cfg), indent=1))
+    _barrier()
+    return has_ckpt
+
+
+def _final_checkpoint(trainer: LongAlignTrainer, out_dir: Path) -> Path:
+    """Save model + tokenizer at ``checkpoint-{final step}`` unless the Trainer already did."""
+    path = out_dir / f"checkpoint-{trainer.state.global_step}"
+    if not (path / "config.json").is_file():
+        trainer.save_model(str(path))  # every rank calls it (ZeRO-3 gathers weights); rank 0 writes
+    return path
+
+
+def _make_record(cfg: TrainConfig, trainer: LongAlignTrainer, out_dir: Path, train_s: float,
+                 lengths: list[int]) -> dict[str, Any]:
+    """The run record (log read back from log.jsonl so it survives resumes)."""
+    log = _read_log(out_dir / "log.jsonl")
+    wall = float(sum(r["step_s"] for r in log))
+    tokens, positions = sum(r["tokens"] for r in log), sum(r["positions"] for r in log)
+    ckpts = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return {
+        "name": cfg.name(), "method": cfg.method, "seed": cfg.seed, "config": _jsonable(cfg),
+        "world_size": trainer.args.world_size, "steps": len(log), "wall_s": wall, "process_train_s": train_s,
+        "tokens": tokens, "tokens_per_s": tokens / wall if wall > 0 else None,
+        "tokens_per_s_steady": _steady_throughput(log),
+        "padding_fraction": 1 - tokens / positions if positions else 0.0,
+        "final_loss_token": log[-1]["loss_token"] if log else None,
+        "final_loss_sequence": log[-1]["loss_sequence"] if log else None,
+        "n_sequences": len(lengths), "dataset_tokens": int(sum(lengths)),
+        "attn_implementation": trainer.model.config._attn_implementation,
+        "log": log, "checkpoints": [{"step": int(p.name.split("-")[1]), "path": str(p.relative_to(paths.outputs()))}
+                                    for p in ckpts if (p / "config.json").is_file()],
+        "machine": machine_info(),
+    }
+
+
+def _steady_throughput(log: list[dict[str, Any]]) -> float | None:
+    """Tokens per second without the first step (one-time warm-up: allocations, lazy inits)."""
+    rest = log[1:]
+    wall = sum(r["step_s"] for r in rest)
+    return sum(r["tokens"] for r in rest) / wall if rest and wall > 0 else None
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    """Per-step rows, last write per step wins (a resumed run rewrites steps after its checkpoint)."""
+    rows = {r["step"]: r for r in records.read_jsonl(path)} if path.is_file() else {}
+    return [rows[k] for k in sorted(rows)]
+
+
+def machine_info() -> dict[str, Any]:
+    """Host, CPU/GPU and library versions for the record."""
+    import transformers
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        import deepspeed
+        info["deepspeed"] = deepspeed.__version__
+    except ImportError:
+        info["deepspeed"] = None
+    return info
+
+
+def _jsonable(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- notebook 03 / CLI runs
+
+def suite_data(outputs_root: Path, suite: str) -> Path:
+    """``outputs/data/mix-{suite}.jsonl`` written by notebook 01 (clear error if missing)."""
+    path = Path(outputs_root) / "data" / f"mix-{suite}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run notebooks/01_data_construction.ipynb first (it writes mix-*.jsonl)")
+    return path
+
+
+def resolve_model(base_model: str, outputs_root: Path) -> str:
+    """``tiny``, a folder under ``outputs/models`` (e.g. notebook 02's extended model), or a path / hub id."""
+    local = Path(outputs_root) / "models" / base_model
+    return str(local) if base_model != "tiny" and local.is_dir() else base_model
+
+
+def training_run_configs(params: dict[str, Any], outputs_root: Path) -> list[TrainConfig]:
+    """Notebook 03's runs from its parameters: methods x seeds on ``suite``, then packing_weighted per suite."""
+    p = params
+    seeds = [p.get("seed", 0) + k for k in range(p.get("num_seeds", 1))]
+    common = dict(model=resolve_model(p.get("base_model", "tiny"), outputs_root), max_len=p["max_len"],
+                  max_steps=p.get("max_steps", -1), num_epochs=p.get("num_epochs", 1.0),
+                  learning_rate=p.get("learning_rate", 2e-5), warmup_ratio=p.get("warmup_ratio", 0.03),
+                  weight_decay=p.get("weight_decay", 0.0), bf16=p.get("bf16", False),
+                  gradient_checkpointing=p.get("gradient_checkpointing", False),
+                  deepspeed=p.get("deepspeed") or None, save_steps=p.get("save_steps", 0),
+                  dtype=p.get("dtype", "float32"), model_overrides=dict(p.get("model_overrides", {})))
+    if common["deepspeed"] and not Path(common["deepspeed"]).is_absolute():
+        common["deepspeed"] = str(paths.ROOT / common["deepspeed"])
+    cfgs = [_method_config(m, s, p, p["suite"], outputs_root, common) for s in seeds for m in p["methods"]]
+    for suite in p.get("suites", []):
+        if suite != p["suite"]:
+            cfgs += [_method_config("packing_weighted", s, p, suite, outputs_root, common, f"{suite}-") for s in seeds]
+    return cfgs
+
+
+def _method_config(method: str, seed: int, p: dict[str, Any], suite: str, outputs_root: Path,
+                   common: dict[str, Any], prefix: str = "") -> TrainConfig:
+    """One run: packing methods use packs_per_device x packing_grad_accum, the others naive_batch x naive_grad_accum."""
+    packed = method in PACKED_METHODS
+    return TrainConfig(method=method, seed=seed, data=[str(suite_data(outputs_root, suite))],
+                       output_name=f"{prefix}{method}-seed{seed}",
+                       per_device_batch=p.get("packs_per_device", 1) if packed else p.get("naive_batch", 1),
+                       grad_accum=p.get("packing_grad_accum", 1) if packed else p.get("naive_grad_accum", 1),
+                       **common)
+
+
+@torch.no_grad()
+def evaluate_loss(model_path: str | Path, dataset, max_len: int) -> dict[str, float]:
+    """Token-mean and sequence-mean target loss of a checkpoint on tokenized rows (packed forwards)."""
+    from transformers import AutoModelForCausalLM
+    from longalign import packing
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation=default_attn_implementation())
+    model.eval()
+    totals = {"ce": 0.0, "seq": 0.0, "targets": 0, "sequences": 0}
+    for pack in tqdm(packing.pack(row_lengths(dataset, max_len), max_len), desc="eval packs", leave=False):
+        batch = collate_micro_batch([{**dataset[i], "pack_id": 0} for i in pack], True, 0)
+        fwd = {k: batch[k] for k in ("input_ids", "position_ids", *VARLEN_KEYS)}
+        sums = loss_sums(model(**fwd, use_cache=False).logits, batch)
+        totals["ce"] += float(sums["ce"])
+        totals["seq"] += float(sums["seq"])
+        totals["targets"] += batch["num_target_tokens"]
+        totals["sequences"] += batch["num_sequences"]
+    return {"loss_token": totals["ce"] / max(totals["targets"], 1),
+            "loss_sequence": totals["seq"] / max(totals["sequences"], 1),
+            "targets": totals["targets"], "sequences": totals["sequences"]}
+
+
+def launch_runs(cfgs: list[TrainConfig], nproc: int = 1, tag: str = "runs", port: int = 29561) -> list[dict[str, Any]]:
+    """Train configs in this process, or in one ``torchrun`` launch of scripts/train.py with ``nproc`` processes."""
+    if nproc <= 1:
+        return [run_training(c) for c in tqdm(cfgs, desc=tag)]
+    import subprocess
+    import sys
+    spec = paths.outputs() / "launch" / f"{tag}.json"
+    records.atomic_write_text(spec, json.dumps([asdict(c) for c in cfgs]))
+    env = {**os.environ, "LONGALIGN_OUTPUTS": str(paths.outputs()),
+           "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // nproc))}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
+           str(paths.ROOT / "scripts" / "train.py"), "--config-file", str(spec)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("{")))
+    if proc.returncode:
+        raise RuntimeError(f"torchrun failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}")
+    return [records.read_record(record_path(c)) for c in cfgs]

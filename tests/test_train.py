@@ -1,0 +1,129 @@
+"""The training entry point: config checks, loss terms, run record contract, resume, notebook-03 run configs."""
+
+from __future__ import annotations
+
+import shutil
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from longalign import collate
+from longalign.train import (TrainConfig, loss_sums, objective, run_training, suite_data,
+                             training_run_configs)
+
+RECORD_KEYS = {"method", "seed", "wall_s", "tokens", "tokens_per_s", "padding_fraction", "final_loss_token",
+               "final_loss_sequence", "log", "checkpoints", "machine", "steps"}
+
+
+def tiny_data(n: int = 12, seed: int = 0) -> datasets.Dataset:
+    rng = np.random.default_rng(seed)
+    rows = {"input_ids": [], "labels": [], "length": []}
+    for _ in range(n):
+        k = int(rng.integers(8, 60))
+        ids = rng.integers(10, 8000, size=k).tolist()
+        cut = int(rng.integers(1, k - 2))
+        rows["input_ids"].append(ids)
+        rows["labels"].append([-100] * cut + ids[cut:])
+        rows["length"].append(k)
+    return datasets.Dataset.from_dict(rows)
+
+
+def small(method: str, name: str, **kw) -> TrainConfig:
+    base = dict(method=method, output_name=name, max_len=128, max_steps=2, learning_rate=1e-3, warmup_ratio=0.0,
+                dtype="float64", model_overrides={"hidden": 32, "layers": 1, "heads": 2})
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture()
+def outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("LONGALIGN_OUTPUTS", str(tmp_path / "out"))
+    return tmp_path / "out"
+
+
+def test_config_rejects_unknown_keys_and_methods():
+    with pytest.raises(ValueError, match="unknown TrainConfig keys"):
+        TrainConfig.from_dict({"methd": "naive"})
+    with pytest.raises(ValueError, match="unknown method"):
+        TrainConfig(method="packed").validate()
+    assert TrainConfig.from_dict({"adam_betas": [0.9, 0.95]}).adam_betas == (0.9, 0.95)
+    assert TrainConfig(method="sorted", seed=3).name() == "sorted-seed3"
+
+
+def test_loss_terms_match_hand_computation():
+    """Σ CE, Σ CE/N_i and Σ CE/N_pack on a two-pack row, and each method's objective."""
+    torch.manual_seed(0)
+    feats = [{"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4], "pack_id": 0},
+             {"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "pack_id": 0},
+             {"input_ids": [8, 9, 10, 11, 12], "labels": [-100, 9, 10, 11, 12], "pack_id": 1}]
+    batch = collate.PackingCollator()(feats)
+    batch["pack_ids"] = torch.tensor([[0] * 7 + [1] * 5])
+    logits = torch.randn(1, 12, 20, dtype=torch.float64)
+    ce = F.cross_entropy(logits[0, :-1], batch["labels"][0, 1:], ignore_index=-100, reduction="none")
+    seq_sums = [ce[1:3].sum(), ce[4:6].sum(), ce[7:11].sum()]  # targets of each sequence (shifted)
+    sums = loss_sums(logits, batch)
+    assert torch.allclose(sums["ce"], sum(seq_sums))
+    assert torch.allclose(sums["seq"], seq_sums[0] / 2 + seq_sums[1] / 2 + seq_sums[2] / 4)
+    assert torch.allclose(sums["pack"], (seq_sums[0] + seq_sums[1]) / 4 + seq_sums[2] / 4)
+    totals = {"targets": 8, "sequences": 3, "packs": 2}
+    assert torch.allclose(objective("packing_weighted", sums, totals, 2), 2 * sums["seq"] / 3)
+    assert torch.allclose(objective("packing", sums, totals, 1), sums["pack"] / 2)
+    assert torch.allclose(objective("pretrain", sums, totals, 1), sums["ce"] / 8)
+
+
+@pytest.mark.parametrize("method", ["naive", "sorted", "packing", "packing_weighted"])
+def test_run_record_contract(method, outputs):
+    per_device = 3 if method in ("naive", "sorted") else 1
+    rec = run_training(small(method, f"c-{method}", per_device_batch=per_device), dataset=tiny_data())
+    assert RECORD_KEYS <= set(rec) and rec["method"] == method and rec["steps"] == 2
+    row = rec["log"][0]
+    assert {"loss_token", "loss_sequence", "lr", "compute_s", "wait_s", "step_s"} <= set(row)
+    assert np.isfinite(rec["final_loss_token"]) and np.isfinite(rec["final_loss_sequence"])
+    assert (rec["padding_fraction"] > 0) == (method in ("naive", "sorted"))
+    ckpt = outputs / rec["checkpoints"][-1]["path"]
+    assert rec["checkpoints"][-1]["path"] == f"runs/c-{method}/checkpoint-2"
+    assert (ckpt / "config.json").is_file() and (ckpt / "tokenizer.json").is_file()
+    assert run_training(small(method, f"c-{method}", per_device_batch=per_device), dataset=tiny_data()) == rec
+
+
+def test_changed_config_under_same_name_is_refused(outputs):
+    run_training(small("packing_weighted", "same"), dataset=tiny_data())
+    with pytest.raises(ValueError, match="different config"):
+        run_training(small("packing_weighted", "same", learning_rate=5e-3), dataset=tiny_data())
+
+
+def test_resume_reproduces_uninterrupted_run(outputs):
+    """Kill after step 2 (drop later checkpoints and the record): the resumed run ends at the same weights."""
+    cfg = small("packing_weighted", "resume", max_steps=4, save_steps=2, max_len=64)
+    data = tiny_data(16)
+    rec = run_training(cfg, dataset=data)
+    run_dir = outputs / "runs" / "resume"
+    full = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoint-4", dtype=torch.float64).state_dict()
+    shutil.rmtree(run_dir / "checkpoint-4")
+    (outputs / "runs" / "resume.json").unlink()
+    again = run_training(cfg, dataset=data)
+    resumed = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoint-4", dtype=torch.float64).state_dict()
+    assert again["steps"] == 4 and [r["step"] for r in again["log"]] == [1, 2, 3, 4]
+    assert all(torch.allclose(full[k], resumed[k], rtol=0, atol=1e-10) for k in full)
+    assert again["log"][-1]["loss_sequence"] == pytest.approx(rec["log"][-1]["loss_sequence"], abs=1e-10)
+
+
+def test_notebook03_configs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="01_data_construction"):
+        suite_data(tmp_path, "long10")
+    (tmp_path / "data").mkdir()
+    for s in ("long0", "long10"):
+        (tmp_path / "data" / f"mix-{s}.jsonl").write_text("")
+    params = {"methods": ["naive", "packing_weighted"], "suite": "long10", "suites": ["long0", "long10"],
+              "seed": 5, "num_seeds": 2, "max_len": 256, "base_model": "tiny", "packs_per_device": 2,
+              "packing_grad_accum": 1, "naive_batch": 1, "naive_grad_accum": 12}
+    cfgs = training_run_configs(params, tmp_path)
+    names = [c.name() for c in cfgs]
+    assert names == ["naive-seed5", "packing_weighted-seed5", "naive-seed6", "packing_weighted-seed6",
+                     "long0-packing_weighted-seed5", "long0-packing_weighted-seed6"]
+    assert (cfgs[0].per_device_batch, cfgs[0].grad_accum) == (1, 12)
+    assert (cfgs[1].per_device_batch, cfgs[1].grad_accum) == (2, 1)
+    assert cfgs[-1].data[0].endswith("mix-long0.jsonl")
