@@ -15,13 +15,7 @@ from longalign.plots.curves import plot_learning_curves
 from longalign.records import load_records, write_jsonl, write_record
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread beats two threads fighting over a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.3, 0.6, 0.9])

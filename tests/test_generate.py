@@ -9,13 +9,7 @@ from longalign import models
 from longalign.eval.generate import encode_prompt, generate, truncate_middle
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread beats two threads fighting over a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def longbench_truncate(ids: list[int], max_length: int) -> list[int]:

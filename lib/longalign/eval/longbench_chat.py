@@ -32,7 +32,8 @@ FEW_SHOTS_FILE = "few_shots.json"
 N_OFFICIAL = 50
 
 # LongBench_Chat/prompt_fs.txt (= paper appendix C.1): question, reference, 3 x (answer, rating), answer.
-FEWSHOT_TEMPLATE = """[Instructions]
+# The judging instructions shared by both prompts (paper appendix C.1).
+_INSTRUCTIONS = """[Instructions]
 You are asked to evaluate the quality of the AI assistant's answers to user questions as an impartial judge, and your evaluation should take into account factors including correctness (high priority), helpfulness, accuracy, and relevance. The scoring principles are as follows:
 1. Read the AI assistant's answer and compare the assistant's answer with the reference answer.
 2. Identify all errors in the AI Assistant's answers and consider how much they affect the answer to the question.
@@ -41,7 +42,9 @@ You are asked to evaluate the quality of the AI assistant's answers to user ques
 
 Please give an overall integer rating from 1 to 10 based on the above principles, strictly in the following format:"[[rating]]", e.g. "[[5]]".
 
-[Question]
+"""
+
+FEWSHOT_TEMPLATE = _INSTRUCTIONS + """[Question]
 {}
 
 [Reference answer begins]
@@ -77,16 +80,7 @@ Please rate the following assistant answers based on the scoring principles and 
 Rating: """
 
 # Paper appendix C.1: the zero-shot prompt, baseline of the judge-agreement study (Table 1).
-ZEROSHOT_TEMPLATE = """[Instructions]
-You are asked to evaluate the quality of the AI assistant's answers to user questions as an impartial judge, and your evaluation should take into account factors including correctness (high priority), helpfulness, accuracy, and relevance. The scoring principles are as follows:
-1. Read the AI assistant's answer and compare the assistant's answer with the reference answer.
-2. Identify all errors in the AI Assistant's answers and consider how much they affect the answer to the question.
-3. Evaluate how helpful the AI assistant's answers are in directly answering the user's questions and providing the information the user needs. 
-4. Examine any additional information in the AI assistant's answer to ensure that it is correct and closely related to the question. If this information is incorrect or not relevant to the question, points should be deducted from the overall score.
-
-Please give an overall integer rating from 1 to 10 based on the above principles, strictly in the following format:"[[rating]]", e.g. "[[5]]".
-
-[Question]
+ZEROSHOT_TEMPLATE = _INSTRUCTIONS + """[Question]
 {}
 
 [Reference answer]
