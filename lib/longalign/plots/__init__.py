@@ -1,7 +1,8 @@
 """Figures: one function per figure (DataFrame in, Figure out) and the one ``save_figure``.
 
-Figure functions live in topic modules (``plots.data``, ``plots.training``, ``plots.eval``) and are
-re-exported here; every notebook saves through :func:`save_figure`.
+Figure functions live in topic modules, one per notebook family (``plots.packing``, ``plots.data``,
+``plots.training``, ``plots.needle``, ``plots.curves``, ``plots.scaling``, ``plots.benchmarks``); every
+notebook saves through :func:`save_figure`.
 """
 
 from __future__ import annotations
