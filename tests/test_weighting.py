@@ -45,7 +45,7 @@ def test_eq4_equals_unpacked_eq2_and_eq3_differs():
         logits = model(input_ids=torch.tensor([f["input_ids"]]), use_cache=False).logits[0]
         logp = torch.log_softmax(logits, -1)
         tok = [-logp[t - 1, f["labels"][t]] for t in range(1, len(f["labels"])) if f["labels"][t] != -100]
-        ref.append(torch.stack(tok).mean())
+        ref.append(torch.stack(tok).mean().detach())
     eq2 = float(torch.stack(ref).mean())
     assert losses["eq2_unpacked"] == pytest.approx(eq2, rel=1e-10)
     assert losses["eq4_packed_weighted"] == pytest.approx(eq2, rel=1e-6)  # weights are float32 in the collator

@@ -61,6 +61,7 @@ def _sequence_mean_ce(model, ids: list[int], labels: list[int]) -> torch.Tensor:
     return token_mean_loss(logits, torch.tensor([masked])) if n else logits.sum() * 0
 
 
+@torch.no_grad()
 def losses_three_ways(model, features: Sequence[dict[str, list[int]]], packs: Sequence[Sequence[int]]) -> dict[str, float]:
     """Eq. 2 from separate runs, and Eq. 3 / Eq. 4 from packed forwards, on the same model."""
     per_seq = [_sequence_mean_ce(model, f["input_ids"], f["labels"]) for f in features]
