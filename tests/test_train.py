@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import datasets
+from chatdata import random_chat_dataset
 import numpy as np
 import pytest
 import torch
@@ -21,15 +22,7 @@ RECORD_KEYS = {"method", "seed", "wall_s", "tokens", "tokens_per_s", "padding_fr
 
 def tiny_data(n: int = 12, seed: int = 0) -> datasets.Dataset:
     rng = np.random.default_rng(seed)
-    rows = {"input_ids": [], "labels": [], "length": []}
-    for _ in range(n):
-        k = int(rng.integers(8, 60))
-        ids = rng.integers(10, 8000, size=k).tolist()
-        cut = int(rng.integers(1, k - 2))
-        rows["input_ids"].append(ids)
-        rows["labels"].append([-100] * cut + ids[cut:])
-        rows["length"].append(k)
-    return datasets.Dataset.from_dict(rows)
+    return random_chat_dataset([int(rng.integers(8, 60)) for _ in range(n)], rng)
 
 
 def small(method: str, name: str, **kw) -> TrainConfig:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import datasets
+from chatdata import random_chat_dataset
 import numpy as np
 import pytest
 import torch
@@ -47,14 +48,7 @@ def _pack_lengths(n_packs: int, rng: np.random.Generator) -> list[int]:
 def make_dataset(n_packs: int, seed: int = 0) -> datasets.Dataset:
     """Random token sequences: a prompt (no targets) then a response (targets)."""
     rng = np.random.default_rng(seed)
-    rows = {"input_ids": [], "labels": [], "length": []}
-    for n in _pack_lengths(n_packs, rng):
-        ids = rng.integers(10, 8000, size=n).tolist()
-        cut = int(rng.integers(1, n - 2))
-        rows["input_ids"].append(ids)
-        rows["labels"].append([-100] * cut + ids[cut:])
-        rows["length"].append(n)
-    return datasets.Dataset.from_dict(rows)
+    return random_chat_dataset(list(_pack_lengths(n_packs, rng)), rng)
 
 
 def sgd_config(method: str, ga: int, ppd: int, name: str, **kw) -> TrainConfig:
