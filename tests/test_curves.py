@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
+from fakeapi import fake_api, planted_keys  # noqa: F401  (pytest fixtures)
+
 from longalign import models, paths
 from longalign.eval import curves
 from longalign.plots.curves import plot_learning_curves
@@ -106,3 +108,48 @@ def test_answer_nll_matches_manual_cross_entropy():
 def test_long_items_missing_file_names_notebook_01(tmp_path):
     with pytest.raises(FileNotFoundError, match="01_data_construction"):
         curves.long_items(tmp_path / "missing.jsonl")
+
+
+def _judge_responder(messages):
+    """Rates LongBench-Chat prompts 7 and MT-Bench prompts 4; one long item never gives a parseable rating."""
+    prompt = messages[-1]["content"]
+    if "[Reference answer]" in prompt:  # the LongBench-Chat zero-shot judge prompt
+        return "No verdict, sorry." if "Who is NOBODY?" in prompt else "Mostly right. [[7]]"
+    assert "[The Start of Reference Answer]" in prompt and messages[0]["role"] == "system"
+    return "Explanation. Rating: [[4]]"
+
+
+def test_evaluate_run_with_openai_judge_through_fake_api(fake_api, planted_keys, tmp_path):  # noqa: F811
+    _fake_run("judged-seed0", [1, 2])
+    heldout = paths.data_dir() / "heldout-longqa.jsonl"
+    write_jsonl(heldout, [{"id": f"q{i}", "question": q, "context": "Alice met Bob. " * 20, "answer": "Alice"}
+                          for i, q in enumerate(["Who met Bob?", "Who is NOBODY?"])])
+    short = [{"id": "111", "prompt": "What is 2+2?", "answer": "4", "category": "math"}]
+    tasks = {"long": curves.long_items(heldout), "short": short}
+    api = fake_api(_judge_responder, fault_rate=0.3, faults=("429", "500", "malformed"), seed=1)
+    judge = curves.make_judge("openai", "gpt-4-1106-preview", api.openai_base_url, 1.0,
+                              cache_dir=tmp_path / "cache", backoff_s=0.01)
+    kw = dict(max_new_tokens={"long": 3, "short": 3}, progress=False, judge=judge)
+    recs = curves.evaluate_run("judged-seed0", tasks, **kw)
+    assert [(r["step"], r["task"]) for r in recs] == [(1, "long"), (1, "short"), (2, "long"), (2, "short")]
+    long, short_rec = recs[0], recs[1]
+    assert [i["score"] for i in long["items"]] == [7.0, None]  # the unparseable rating is kept out, and counted
+    assert long["score"] == 7.0 and long["n_nan"] == 1 and long["scorer"] == "openai-gpt-4-1106-preview"
+    assert short_rec["score"] == 4.0 and short_rec["n_nan"] == 0 and short_rec["nll"] > 0
+    judged = load_records(paths.results_dir("curves-long"))
+    assert len(judged) == 4 and judged["parse_failed"].sum() == 2
+    assert all(planted_keys["openai"] in h["authorization"] for h in api.auth_headers("openai"))
+    # rerun: every record is there, so no answer is regenerated and no request is made
+    n_before = len(api.requests)
+    assert curves.evaluate_run("judged-seed0", tasks, **kw) == recs and len(api.requests) == n_before
+    # a lost curve record is rebuilt from the judge records, still without a request
+    assert not list(paths.results_dir("curves").glob("judged-seed0/step*"))  # apart from the overlap records
+    curves.curve_path("judged-seed0", 2, "short", curves.scorer_name(judge)).unlink()
+    assert curves.evaluate_run("judged-seed0", tasks, **kw)[3]["score"] == 4.0 and len(api.requests) == n_before
+    assert not any(planted_keys["openai"] in p.read_text() for p in paths.outputs().rglob("*.json"))
+
+
+def test_make_judge_overlap_is_offline():
+    assert curves.make_judge("overlap") is None
+    with pytest.raises(ValueError, match="model name"):
+        curves.make_judge("openai")

@@ -2,9 +2,12 @@
 
 Each (run, checkpoint, task) is one record under ``outputs/results/curves/{run}/``: the mean judge
 score over the task's items plus every answer. The cpu profile scores offline with
-:func:`longalign.eval.judge.overlap_score` (1 + 9·token-F1 against the reference): the long task is
-notebook 01's held-out long QA, the short task the first turns of the MT-Bench questions that have a
-GPT-4 reference answer. Each record also holds the teacher-forced cross-entropy of the reference
+:func:`longalign.eval.judge.overlap_score` (1 + 9·token-F1 against the reference); with an LLM judge
+(the paper's GPT-4) long answers get the LongBench-Chat judge prompt (reference answer, 1-10) and
+short answers FastChat's MT-Bench single-answer grading, one resumable judge record per answer under
+``outputs/results/curves-{task}/``. The long task is notebook 01's held-out long QA, the short task
+the first turns of the MT-Bench questions that have a GPT-4 reference answer. Each record also
+holds the teacher-forced cross-entropy of the reference
 answers (``nll``), a smooth proxy that moves even while a small model's answers are still unusable.
 The figure shows ``score / final score`` (or ``final nll / nll``; final = the last checkpoint's raw
 value), raw dotted and EMA-smoothed solid, as the paper does.
@@ -21,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from longalign import paths
+from longalign.eval.judge import Judge, JudgeRequest, judge_sweep, record_path
 from longalign.records import read_record, record_exists, write_record
 
 
@@ -94,28 +98,37 @@ def load_for_eval(spec: str):
 
 
 def long_items(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """Held-out long-QA items ``{id, prompt, answer}`` (notebook 01's ``heldout-longqa.jsonl``)."""
+    """Held-out long-QA items ``{id, question, prompt, answer}`` (notebook 01's ``heldout-longqa.jsonl``)."""
     from longalign.eval.longbench_chat import load_heldout
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run notebooks/01_data_construction.ipynb first")
-    return [{"id": it["id"], "prompt": it["prompt"], "answer": it["answer"]} for it in load_heldout(path, limit)]
+    return [{"id": it["id"], "question": it["question"], "prompt": it["prompt"], "answer": it["answer"]}
+            for it in load_heldout(path, limit)]
 
 
 def short_items(limit: int | None = None) -> list[dict[str, Any]]:
-    """First turns of the MT-Bench questions with a GPT-4 reference answer, as ``{id, prompt, answer}``."""
+    """First turns of the MT-Bench questions with a GPT-4 reference answer, as ``{id, prompt, answer, category}``."""
     from longalign.eval import mtbench
 
     refs = mtbench.load_reference_answers()
-    items = [{"id": str(q["question_id"]), "prompt": q["turns"][0], "answer": refs[int(q["question_id"])][0]}
+    items = [{"id": str(q["question_id"]), "prompt": q["turns"][0], "answer": refs[int(q["question_id"])][0],
+              "category": q["category"]}
              for q in mtbench.load_questions() if int(q["question_id"]) in refs]
     return items[:limit] if limit is not None else items
 
 
-def curve_path(run: str, step: int, task: str) -> Path:
-    """``outputs/results/curves/{run}/step{step:06d}_{task}.json``."""
-    return paths.results_dir("curves") / run / f"step{step:06d}_{task}.json"
+def curve_path(run: str, step: int, task: str, scorer: str = "overlap") -> Path:
+    """``outputs/results/curves/{run}/step{step:06d}_{task}.json`` (LLM judges: under ``{run}/{scorer}/``)."""
+    # Overlap and judge scores of the same checkpoint are different measurements: never read one as the other.
+    folder = paths.results_dir("curves") / run
+    return (folder if scorer == "overlap" else folder / scorer) / f"step{step:06d}_{task}.json"
+
+
+def scorer_name(judge: Judge | None) -> str:
+    """The ``scorer`` field of the curve records: ``overlap`` or the judge's name."""
+    return "overlap" if judge is None else judge.name
 
 
 def answer_nll(model, tokenizer, prompt, answer: str, max_input_tokens: int | None = None,
@@ -136,38 +149,113 @@ def answer_nll(model, tokenizer, prompt, answer: str, max_input_tokens: int | No
     return float(F.cross_entropy(logits.float(), torch.tensor(target)))
 
 
-def score_items(model, tokenizer, items: list[dict[str, Any]], *, max_new_tokens: int,
-                max_input_tokens: int | None = None, batch_size: int = 1) -> tuple[float, list[dict[str, Any]]]:
-    """Greedy answers to ``items`` scored by the offline overlap judge: (mean score, per-item rows)."""
+def answer_rows(model, tokenizer, items: list[dict[str, Any]], *, max_new_tokens: int,
+                max_input_tokens: int | None = None, batch_size: int = 1) -> list[dict[str, Any]]:
+    """Greedy answers to ``items`` with the reference answers' NLL: ``[{id, answer, nll}]``."""
     from longalign.eval.generate import generate
-    from longalign.eval.judge import overlap_score
 
     answers = generate(model, tokenizer, [it["prompt"] for it in items], max_new_tokens=max_new_tokens,
                        max_input_tokens=max_input_tokens, batch_size=batch_size, progress=False)
-    rows = [{"id": it["id"], "answer": a.strip(), "score": overlap_score(a, it["answer"]),
+    return [{"id": it["id"], "answer": a.strip(),
              "nll": answer_nll(model, tokenizer, it["prompt"], it["answer"], max_input_tokens)}
             for it, a in zip(items, answers)]
+
+
+def score_items(model, tokenizer, items: list[dict[str, Any]], *, max_new_tokens: int,
+                max_input_tokens: int | None = None, batch_size: int = 1) -> tuple[float, list[dict[str, Any]]]:
+    """Greedy answers to ``items`` scored by the offline overlap judge: (mean score, per-item rows)."""
+    from longalign.eval.judge import overlap_score
+
+    rows = answer_rows(model, tokenizer, items, max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,
+                       batch_size=batch_size)
+    rows = [{"id": r["id"], "answer": r["answer"], "score": overlap_score(r["answer"], it["answer"]), "nll": r["nll"]}
+            for it, r in zip(items, rows)]
     return sum(r["score"] for r in rows) / max(len(rows), 1), rows
 
 
+def make_judge(kind: str, model: str = "", base_url: str = "", max_cost_usd: float = 0.0,
+               **judge_kwargs: Any) -> Judge | None:
+    """The LLM judge of the curves (``openai``/``anthropic``/``local``), or None for the offline ``overlap`` score."""
+    if kind == "overlap":
+        return None
+    # API keys come from the environment inside LLMClient; nothing secret passes through here.
+    return Judge(kind, model or None, base_url=base_url or None, max_cost_usd=max_cost_usd or None, **judge_kwargs)
+
+
+def judge_requests(task: str, items: list[dict[str, Any]], answers: dict[str, str]) -> list[JudgeRequest]:
+    """LongBench-Chat judge requests (reference, 1-10) for ``long``, MT-Bench single-answer ones for ``short``."""
+    from longalign.eval import longbench_chat, mtbench
+
+    if task == "long":
+        # Held-out items have no human-rated examples of their own, so the few-shot prompt cannot apply.
+        return longbench_chat.judge_requests(items, answers, run=0, mode="zeroshot")
+    if task == "short":
+        prompts = mtbench.load_judge_prompts()
+        return [mtbench.judge_request({"question_id": it["id"], "category": it["category"],
+                                       "turns": [it["prompt"], ""]}, [answers[it["id"]]], 1, prompts, [it["answer"]])
+                for it in items]
+    raise ValueError(f"no LLM judge prompt for task {task!r}; expected 'long' or 'short'")
+
+
+def judge_rows(judge: Judge, task: str, items: list[dict[str, Any]], rows: list[dict[str, Any]],
+               model_tag: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Rate ``rows``' answers with ``judge`` (one resumable record each); rows get ``score`` (None = unparseable)."""
+    requests = judge_requests(task, items, {r["id"]: r["answer"] for r in rows})
+    counts = judge_sweep(judge, requests, benchmark=f"curves-{task}", model_tag=model_tag, runs=1)
+    for row, req in zip(rows, requests):
+        path = record_path(f"curves-{task}", judge.name, model_tag, req.item_id, 0)
+        row["score"] = read_record(path)["score"] if record_exists(path) else None
+    return rows, counts
+
+
+def mean_score(rows: list[dict[str, Any]]) -> float:
+    """Mean of the parsed scores (unparseable ones, None, left out); NaN when there is none."""
+    scores = [r["score"] for r in rows if r["score"] is not None and not math.isnan(r["score"])]
+    return sum(scores) / len(scores) if scores else math.nan
+
+
+def checkpoint_record(run: str, step: int, task: str, model, tokenizer, items: list[dict[str, Any]], *,
+                      judge: Judge | None, max_new_tokens: int, max_input_tokens: int | None,
+                      batch_size: int) -> dict[str, Any] | None:
+    """The curve record of one (checkpoint, task); None when some judge calls failed (a rerun retries them)."""
+    start, kw = time.time(), dict(max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,
+                                  batch_size=batch_size)
+    if judge is None:
+        score, rows = score_items(model, tokenizer, items, **kw)
+        extra = {"scorer": "overlap"}
+    else:
+        rows, counts = judge_rows(judge, task, items, answer_rows(model, tokenizer, items, **kw),
+                                  f"{run}-step{step:06d}")
+        if counts["failed"]:
+            return None
+        score, extra = mean_score(rows), {"scorer": scorer_name(judge), "n_nan": sum(r["score"] is None for r in rows)}
+    return {"run": run, "step": step, "task": task, "score": None if math.isnan(score) else score,
+            "n_items": len(rows), **extra, "nll": sum(r["nll"] for r in rows) / max(len(rows), 1),
+            "items": rows, "wall_s": time.time() - start}
+
+
 def evaluate_run(run: str, tasks: dict[str, list[dict[str, Any]]], *, max_new_tokens: dict[str, int],
-                 max_input_tokens: int | None = None, batch_size: int = 1, progress: bool = True) -> list[dict]:
+                 max_input_tokens: int | None = None, batch_size: int = 1, progress: bool = True,
+                 judge: Judge | None = None) -> list[dict]:
     """One record per (checkpoint, task) of ``run``; finished ones are read back, not recomputed."""
     from tqdm.auto import tqdm
 
-    records = []
+    records, incomplete, scorer = [], 0, scorer_name(judge)
     for ckpt in tqdm(run_checkpoints(run), desc=f"curves {run}", disable=not progress):
-        todo = [t for t in tasks if not record_exists(curve_path(run, ckpt["step"], t))]
+        todo = [t for t in tasks if not record_exists(curve_path(run, ckpt["step"], t, scorer))]
         model, tokenizer = load_checkpoint(ckpt["path"]) if todo else (None, None)
         for task in todo:
-            start = time.time()
-            score, rows = score_items(model, tokenizer, tasks[task], max_new_tokens=max_new_tokens[task],
-                                      max_input_tokens=max_input_tokens, batch_size=batch_size)
-            write_record(curve_path(run, ckpt["step"], task), {
-                "run": run, "step": ckpt["step"], "task": task, "score": score, "n_items": len(rows),
-                "scorer": "overlap",
-                "nll": sum(r["nll"] for r in rows) / max(len(rows), 1), "items": rows, "wall_s": time.time() - start})
-        records += [read_record(curve_path(run, ckpt["step"], t)) for t in tasks]
+            record = checkpoint_record(run, ckpt["step"], task, model, tokenizer, tasks[task], judge=judge,
+                                       max_new_tokens=max_new_tokens[task], max_input_tokens=max_input_tokens,
+                                       batch_size=batch_size)
+            incomplete += record is None
+            if record is not None:
+                write_record(curve_path(run, ckpt["step"], task, scorer), record)
+        records += [read_record(curve_path(run, ckpt["step"], t, scorer)) for t in tasks
+                    if record_exists(curve_path(run, ckpt["step"], t, scorer))]
+    if incomplete:
+        print(f"[curves {run}] {incomplete} (checkpoint, task) cell(s) had failed judge calls: "
+              f"no record written; rerun to retry")
     return records
 
 
