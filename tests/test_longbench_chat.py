@@ -180,3 +180,17 @@ def test_fewshot_judging_through_openai_sdk_two_runs(fake_api, planted_keys, tmp
         expected = [{"ALPHA": 4, "BETA": 6, "GAMMA": 8}[_order(r.prompt)[0].split()[0]]
                     for run in (0, 1) for r in lbc.judge_requests([item], answers, run=run, few_shots=[SHOTS])]
         assert per_item[item["id"]] == pytest.approx(np.mean(expected))
+
+
+def test_final_checkpoints_skip_pretraining_runs(tmp_path, monkeypatch):
+    from longalign.records import write_record
+
+    monkeypatch.setenv("LONGALIGN_OUTPUTS", str(tmp_path))
+    for name, method in (("packing_weighted-seed0", "packing_weighted"), ("ctx-short", "pretrain")):
+        (tmp_path / "runs" / name / "checkpoint-4").mkdir(parents=True)
+        (tmp_path / "runs" / name / "checkpoint-2").mkdir(parents=True)
+        ckpts = [{"step": s, "path": f"runs/{name}/checkpoint-{s}"} for s in (2, 4)]
+        write_record(tmp_path / "runs" / f"{name}.json", {"method": method, "checkpoints": ckpts})
+    found = lbc.final_checkpoints()
+    assert list(found) == ["packing_weighted-seed0"]
+    assert found["packing_weighted-seed0"] == (tmp_path / "runs" / "packing_weighted-seed0" / "checkpoint-4").resolve()

@@ -306,11 +306,17 @@ def judge_human_agreement(records: pd.DataFrame, human: pd.DataFrame) -> pd.Data
 
 
 def final_checkpoints(runs_dir: str | Path | None = None) -> dict[str, Path]:
-    """Run name -> its last checkpoint folder, from notebook 03's ``outputs/runs/*.json`` records."""
+    """Run name -> last checkpoint of every fine-tuning run in ``outputs/runs/*.json`` (03, 06).
+
+    Continual-pretraining runs (notebook 02, method ``pretrain``) are base models, not chat models,
+    so they are left out of the chat benchmarks.
+    """
     folder = Path(runs_dir) if runs_dir is not None else paths.runs_dir()
     found = {}
     for path in sorted(folder.glob("*.json")):
         rec = read_record(path)
+        if rec.get("method") == "pretrain":
+            continue
         ckpts = [c for c in rec.get("checkpoints", []) if (paths.outputs() / c["path"]).is_dir()]
         if ckpts:
             found[path.stem] = paths.outputs() / max(ckpts, key=lambda c: c["step"])["path"]
