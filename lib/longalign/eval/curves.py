@@ -72,12 +72,9 @@ def run_checkpoints(run: str) -> list[dict[str, Any]]:
 
 def load_checkpoint(path: str | Path):
     """(model, tokenizer) of a ``save_pretrained`` checkpoint folder, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from longalign import models
 
-    from longalign.models import attention_implementation
-
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention_implementation())
-    return model.eval(), AutoTokenizer.from_pretrained(path)
+    return models.load_causal_lm(str(path)).eval(), models.load_tokenizer(str(path))
 
 
 def list_runs() -> list[str]:
