@@ -3,9 +3,10 @@ estimate per method for a 64k pack in the paper profile (Llama-2-7B, ChatGLM3-6B
 optimizer CPU offload, gradient checkpointing, bf16).
 
 Measured: each variant runs in a fresh subprocess (peak RSS is a per-process high-water mark):
-tiny Llama with the packed attention, one forward + backward of a pack of 2,048-token sequences;
-``plain`` computes fp32 logits [T, V] then ``loss.packed_loss``; ``chunked`` calls
-``loss.packed_loss_from_hidden`` (same value and gradients, no [T, V] tensor).
+tiny Llama with the packed attention, one forward + backward of a pack of 2,048-token sequences
+through the trainer's loss path (``train.forward_loss_sums``); ``plain`` is ``ce_chunk_size`` 0
+(fp32 logits [T, V]), ``chunked`` is ``ce_chunk_size`` 4096 (same value and gradients, no [T, V]
+tensor; the setting of the profiles).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from common import median, result
 
 GIB = 2**30
+CE_CHUNK = 4096
 # name: (params, layers, hidden, ffn, heads, kv_heads, vocab)
 MODELS = {"Llama-2-7B": (6.74e9, 32, 4096, 11008, 32, 32, 32000),
           "ChatGLM3-6B": (6.24e9, 28, 4096, 13696, 32, 2, 65024)}
@@ -29,24 +31,21 @@ def _measure(variant: str, tokens: int) -> dict:
     """Run in a child: peak RSS increase (MiB) over the steady state before one fwd+bwd."""
     import psutil
     import torch
-    from workload import models, packed_inputs
+    from workload import features, models
 
-    from longalign.loss import packed_loss, packed_loss_from_hidden
+    from longalign.collate import PackingCollator
+    from longalign.train import forward_loss_sums, objective
 
     torch.manual_seed(0)
     model = models(["ours"])["ours"]
-    row = packed_inputs([2048] * (tokens // 2048))
-    labels = row["input_ids"].clone()
-    weights = torch.full(labels.shape, 1.0 / 2047)
-    warm = packed_inputs([64, 64])  # first calls allocate thread pools and kernels: keep them out of the peak
-    model(**warm, use_cache=False).logits.sum().backward()
+    batch = PackingCollator()(features([2048] * (tokens // 2048)))
+    chunk = 0 if variant == "plain" else CE_CHUNK
+    warm = PackingCollator()(features([64, 64]))  # first calls allocate thread pools and kernels: keep them out
+    forward_loss_sums(model, warm, "packing_weighted", chunk, varlen=True)[0]["seq"].backward()
     model.zero_grad(set_to_none=True)
     base = psutil.Process().memory_info().rss
-    hidden = model.model(**row, use_cache=False).last_hidden_state
-    if variant == "plain":
-        loss = packed_loss(model.lm_head(hidden), labels, weights, 1, tokens // 2048)
-    else:
-        loss = packed_loss_from_hidden(hidden, model.lm_head.weight, labels, weights, 1, tokens // 2048)
+    sums, _ = forward_loss_sums(model, batch, "packing_weighted", chunk, varlen=True)
+    loss = objective("packing_weighted", sums, {"sequences": batch["num_sequences"]}, 1)
     loss.backward()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"peak_over_base_mib": (peak - base) / 2**20, "loss": float(loss)}
@@ -78,7 +77,8 @@ def gpu_estimate(model: str, tokens: int = 65_536, world: int = 8, chunk: int = 
     # one layer recomputed in backward: norms, q, rope'd q/k, k/v, attention out, o-proj, MLP (gate, up, act, prod)
     layer_acts = tokens * 2 * (6 * d + 3 * kvd + 4 * ffn)
     logits_plain = tokens * vocab * (2 + 4 + 4)  # bf16 logits, fp32 upcast, fp32 grad
-    logits_chunked = chunk * vocab * (4 + 4) + tokens * d * 4  # one chunk's logits + grad, fp32 grad of hidden
+    # one chunk's fp32 logits + their grad, the fp32 head copy + its grad, fp32 grad of the hidden states
+    logits_chunked = chunk * vocab * (4 + 4) + 2 * vocab * d * 4 + tokens * d * 4
     base = states + gathered + checkpoints + layer_acts
     attn = {"fa2_varlen": heads * tokens * 4,  # only the softmax log-sum-exp per row
             "sdpa_dense_block_mask": tokens * tokens * 1 + heads * tokens * 4,  # bool [T, T] mask (mem-efficient kernel)

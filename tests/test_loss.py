@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from longalign.collate import IGNORE_INDEX, PackingCollator, PaddingCollator
-from longalign.loss import (loss_sums, packed_loss, packed_loss_from_hidden, sequence_mean_loss,
+from longalign.loss import (linear_cross_entropy, loss_sums, packed_loss, packed_loss_from_hidden, sequence_mean_loss,
                             token_mean_loss)
 from longalign.models import tiny_llama, tiny_llama_config
 
@@ -86,6 +86,19 @@ def test_chunked_loss_equals_plain_loss_and_gradients(chunk_size):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
     with torch.no_grad():  # the no-grad path (evaluation) gives the same value
         assert torch.allclose(packed_loss_from_hidden(hidden, weight, *args, chunk_size=chunk_size), plain)
+
+
+def test_linear_cross_entropy_rows_match_cross_entropy():
+    """Each row's CE equals F.cross_entropy of the full logits; a bad chunk size is refused."""
+    torch.manual_seed(3)
+    hidden, weight = torch.randn(9, 8, dtype=torch.float64), torch.randn(VOCAB, 8, dtype=torch.float64)
+    targets, w = torch.randint(0, VOCAB, (9,)), torch.rand(9, dtype=torch.float64)
+    total, ce = linear_cross_entropy(hidden, weight, targets, w, chunk_size=4)
+    ref = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="none")
+    assert torch.allclose(ce, ref, rtol=1e-12) and torch.allclose(total, (w * ref).sum(), rtol=1e-12)
+    assert not ce.requires_grad
+    with pytest.raises(ValueError, match="chunk_size"):
+        linear_cross_entropy(hidden, weight, targets, w, chunk_size=0)
 
 
 def tiny_model(attn: str = "sdpa"):

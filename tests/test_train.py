@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from longalign import collate
-from longalign.train import (TrainConfig, loss_sums, objective, run_training, suite_data,
+from longalign import models
+from longalign.train import (TrainConfig, check_chunked_ce, loss_sums, objective, run_training, suite_data,
                              training_run_configs)
 
 RECORD_KEYS = {"method", "seed", "wall_s", "tokens", "tokens_per_s", "padding_fraction", "final_loss_token",
@@ -65,6 +66,21 @@ def test_loss_terms_match_hand_computation():
     assert torch.allclose(objective("packing_weighted", sums, totals, 2), 2 * sums["seq"] / 3)
     assert torch.allclose(objective("packing", sums, totals, 1), sums["pack"] / 2)
     assert torch.allclose(objective("pretrain", sums, totals, 1), sums["ce"] / 8)
+
+
+def test_chunked_ce_refuses_models_whose_logits_are_not_a_plain_head():
+    conf = models.tiny_llama_config(64, hidden=16, layers=1, heads=2, max_position=64)
+    model = models.tiny_llama(conf, seed=0)
+    check_chunked_ce(model)  # plain Llama: fine
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="soft-caps"):
+        check_chunked_ce(model)
+    model.config.final_logit_softcapping = None
+    model.lm_head = torch.nn.Linear(16, 64, bias=True)
+    with pytest.raises(ValueError, match="bias-free Linear"):
+        check_chunked_ce(model)
+    with pytest.raises(ValueError, match="ce_chunk_size"):
+        TrainConfig(ce_chunk_size=-1).validate()
 
 
 @pytest.mark.parametrize("method", ["naive", "sorted", "packing", "packing_weighted"])

@@ -13,7 +13,9 @@ API
   computes each chunk's gradients w.r.t. hidden and weight in the forward pass (so no chunk's
   logits are kept). Use with ``model.model(...)`` hidden states and ``model.lm_head.weight``
   (under DeepSpeed ZeRO-3 the weight is partitioned outside the module's forward: gather it with
-  ``deepspeed.zero.GatheredParameters(..., modifier_rank=None)`` or use the plain path).
+  ``deepspeed.zero.GatheredParameters(..., modifier_rank=None)``, as ``train.forward_loss_sums`` does).
+- ``linear_cross_entropy(hidden, weight, targets, weights, chunk_size) -> (Σ w·CE, CE)`` — the
+  chunked kernel on already-selected rows; also returns each row's CE (detached) for logging.
 - ``loss_sums(logits, labels, loss_weights) -> dict`` — detached sums for logging:
   ``ce_sum`` (Σ CE over targets), ``weighted_sum`` (Σ w·CE = Σ_i L_i/N_i), ``num_target_tokens``.
 - ``token_mean_loss(logits, labels)`` and ``sequence_mean_loss(logits, labels, loss_weights,
@@ -86,39 +88,55 @@ def sequence_mean_loss(logits: torch.Tensor, labels: torch.Tensor, loss_weights:
 
 
 class _ChunkedLinearCE(torch.autograd.Function):
-    """Σ_j w_j · CE(h_j @ Wᵀ, y_j) with gradients computed chunk-wise in forward (no logits kept)."""
+    """(Σ_j w_j · CE_j, CE) of logits h_j @ Wᵀ, gradients computed chunk-wise in forward (no logits kept)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, weights, chunk_size):
+    def forward(ctx, hidden, weight, targets, weights, chunk_size, need_grad):
         acc = torch.promote_types(hidden.dtype, torch.float32)
         w_acc = weight.to(acc)
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(hidden, dtype=acc) if need_grad else None
         grad_w = torch.zeros_like(w_acc) if need_grad else None
-        total = torch.zeros((), dtype=acc, device=hidden.device)
+        ce = torch.empty(hidden.size(0), dtype=acc, device=hidden.device)
         for start in range(0, hidden.size(0), chunk_size):
-            h = hidden[start:start + chunk_size].to(acc)
-            y, wt = targets[start:start + chunk_size], weights[start:start + chunk_size].to(acc)
+            rows = slice(start, start + chunk_size)
+            h, y, wt = hidden[rows].to(acc), targets[rows], weights[rows].to(acc)
             logits = h @ w_acc.T
             lse = torch.logsumexp(logits, dim=-1)
-            total += (wt * (lse - logits.gather(1, y[:, None]).squeeze(1))).sum()
+            ce[rows] = lse - logits.gather(1, y[:, None]).squeeze(1)
             if need_grad:  # d/dlogits of w·CE = w·(softmax − onehot)
                 dlogits = torch.exp(logits - lse[:, None])
                 dlogits[torch.arange(y.numel(), device=y.device), y] -= 1.0
                 dlogits *= wt[:, None]
-                grad_h[start:start + chunk_size] = dlogits @ w_acc
+                grad_h[rows] = dlogits @ w_acc
                 grad_w += dlogits.T @ h
             del logits
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (hidden.dtype, weight.dtype)
-        return total
+        ctx.mark_non_differentiable(ce)
+        return (weights.to(acc) * ce).sum(), ce
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, _grad_ce):
         grad_h, grad_w = ctx.saved_tensors
         gh = (grad_h * grad_out).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
         gw = (grad_w * grad_out).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        return gh, gw, None, None, None
+        return gh, gw, None, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                         chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ_j w_j·CE(h_j Wᵀ, y_j), detached per-row CE) over rows of ``hidden`` [n, H], chunk by chunk.
+
+    Same value and gradients as ``F.cross_entropy(hidden @ weight.T, targets, reduction="none")``
+    weighted and summed, in >= float32, but only one chunk's [chunk, V] logits ever exist: the
+    gradients w.r.t. ``hidden`` and ``weight`` are computed in the forward pass and kept (n·H +
+    V·H numbers), so backward needs neither the logits nor ``weight``'s data (which is why it
+    works on a ZeRO-3 parameter gathered only for the forward).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return _ChunkedLinearCE.apply(hidden, weight, targets, weights, chunk_size, need_grad)
 
 
 def packed_loss_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor,
@@ -129,5 +147,5 @@ def packed_loss_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, 
     y = labels[:, 1:].reshape(-1).to(h.device)
     w = loss_weights[:, 1:].reshape(-1).to(h.device)
     keep = (y != IGNORE_INDEX) & (w != 0)  # other positions add nothing to loss or gradients
-    total = _ChunkedLinearCE.apply(h[keep], lm_head_weight, y[keep], w[keep], chunk_size)
+    total, _ = linear_cross_entropy(h[keep], lm_head_weight, y[keep], w[keep], chunk_size)
     return total * num_packs / num_sequences

@@ -65,6 +65,7 @@ PACKED_METHODS = ("packing", "packing_weighted", "pretrain")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 TINY_OVERRIDES = ("hidden", "layers", "heads", "max_position", "rope_theta")
+CE_CHUNK_SIZE = 4096  # target rows per logits chunk: 4096 x 32k vocab x fp32 = 0.5 GiB live, not T x V
 
 
 @dataclass
@@ -101,6 +102,7 @@ class TrainConfig:
     explicit_sync: bool = True  # DDP only: timed barrier + one explicit gradient all-reduce
     sync_micro_steps: bool = True  # with explicit_sync: ranks meet after each micro-step (like ZeRO-3)
     use_cpu: bool = False
+    ce_chunk_size: int = CE_CHUNK_SIZE  # > 0: chunked cross-entropy from hidden states (no [T, V] logits); 0: full logits
 
     def name(self) -> str:
         """The run name: ``output_name`` or ``{method}-seed{seed}``."""
@@ -124,8 +126,8 @@ class TrainConfig:
             raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose from {sorted(DTYPES)}")
-        if self.per_device_batch < 1 or self.grad_accum < 1 or self.max_len < 2:
-            raise ValueError("per_device_batch and grad_accum must be >= 1 and max_len >= 2")
+        if self.per_device_batch < 1 or self.grad_accum < 1 or self.max_len < 2 or self.ce_chunk_size < 0:
+            raise ValueError("per_device_batch and grad_accum must be >= 1, max_len >= 2 and ce_chunk_size >= 0")
         bad = sorted(set(self.model_overrides) - set(TINY_OVERRIDES))
         if bad:
             raise ValueError(f"unknown model_overrides {bad}; known: {TINY_OVERRIDES}")
@@ -133,37 +135,132 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------- loss terms
 
-def loss_sums(logits: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Σ CE, Σ w·CE (w = 1/N_i, the collator's ``loss_weights``) and Σ CE/N_pack over the micro-batch (graph kept).
+def target_weights(batch: dict[str, Any], valid: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Per-target weights of the three loss sums: ``ce`` 1, ``seq`` 1/N_i and (packed) ``pack`` 1/N_pack.
 
     Label t+1 is predicted from position t; the collators already set the first label of every
     sequence to -100, so nothing is predicted across a pack boundary.
     """
+    # the collator stores 1/N_i in float32; recover the integer N_i so float64 runs stay exact
+    n_i = torch.round(1.0 / batch["loss_weights"][:, 1:][valid].double())
+    weights = {"ce": torch.ones_like(n_i, dtype=dtype), "seq": (1.0 / n_i).to(dtype)}
+    if "pack_ids" in batch:  # Eq. 3: every pack's token mean
+        pack = batch["pack_ids"][:, 1:][valid]
+        weights["pack"] = 1.0 / torch.bincount(pack).to(dtype)[pack]
+    return {k: w.to(batch["labels"].device) for k, w in weights.items()}
+
+
+def loss_sums(logits: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Σ CE, Σ CE/N_i and Σ CE/N_pack over the micro-batch's targets, from full logits (graph kept)."""
     labels = batch["labels"][:, 1:]
     valid = labels != -100
     logit = logits[:, :-1][valid]
     if logit.dtype in (torch.bfloat16, torch.float16):
         logit = logit.float()
     ce = F.cross_entropy(logit, labels[valid], reduction="none")
-    # the collator stores 1/N_i in float32; recover the integer N_i so float64 runs stay exact
-    n_i = torch.round(1.0 / batch["loss_weights"][:, 1:][valid].double())
-    sums = {"ce": ce.sum(), "seq": (ce / n_i.to(ce.dtype)).sum()}
-    if "pack_ids" in batch:  # Eq. 3: every pack's token mean
-        pack = batch["pack_ids"][:, 1:][valid]
-        n_pack = torch.bincount(pack).to(ce.dtype)
-        sums["pack"] = (ce / n_pack[pack]).sum()
+    return {k: (ce * w).sum() for k, w in target_weights(batch, valid, ce.dtype).items()}
+
+
+def loss_sums_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, batch: dict[str, Any], method: str,
+                          chunk_size: int) -> dict[str, torch.Tensor]:
+    """The same sums from final hidden states, chunked (no [T, V] logits); only the objective's sum keeps a graph."""
+    from longalign import loss
+
+    labels = batch["labels"][:, 1:]
+    valid = labels != -100
+    weights = target_weights(batch, valid, torch.promote_types(hidden.dtype, torch.float32))
+    key = objective_term(method)[0]
+    total, ce = loss.linear_cross_entropy(hidden[:, :-1][valid], lm_head_weight, labels[valid], weights[key],
+                                          chunk_size)
+    sums = {k: (ce * w).sum() for k, w in weights.items()}
+    sums[key] = total
     return sums
+
+
+def objective_term(method: str) -> tuple[str, str]:
+    """(loss sum, step total) of the method: Σ CE / N targets, Σ CE/N_pack / K packs, or Σ CE/N_i / M sequences."""
+    return {"pretrain": ("ce", "targets"), "packing": ("pack", "packs")}.get(method, ("seq", "sequences"))
 
 
 def objective(method: str, sums: dict[str, torch.Tensor], totals: dict[str, float], world_size: int) -> torch.Tensor:
     """This rank's share of the step objective, scaled by ``world_size`` to undo the gradient mean."""
-    if method == "pretrain":
-        term, denom = sums["ce"], totals["targets"]
-    elif method == "packing":
-        term, denom = sums["pack"], totals["packs"]
-    else:
-        term, denom = sums["seq"], totals["sequences"]
-    return term * (world_size / max(denom, 1.0))
+    key, total = objective_term(method)
+    return sums[key] * (world_size / max(totals[total], 1.0))
+
+
+def forward_loss_sums(model: torch.nn.Module, batch: dict[str, Any], method: str, ce_chunk_size: int = 0,
+                      varlen: bool = False) -> tuple[dict[str, torch.Tensor], Any]:
+    """One forward of a micro-batch and its loss sums: from full logits, or (``ce_chunk_size`` > 0) chunked.
+
+    The chunked path runs the whole (possibly DDP / DeepSpeed-wrapped) model, so wrappers and
+    ZeRO-3 hooks see a normal forward; a pre-hook on the output head keeps the final hidden
+    states and hands the head one position only, then the head weight (gathered under ZeRO-3)
+    turns only the target rows into logits, one chunk at a time (:func:`loss.linear_cross_entropy`).
+    """
+    fwd = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+    if varlen:
+        fwd.update({k: batch[k] for k in VARLEN_KEYS if k in batch})
+    if ce_chunk_size <= 0:
+        out = model(**fwd, use_cache=False)
+        return loss_sums(out.logits, batch), out
+    head = check_chunked_ce(_unwrap(model))
+    captured: dict[str, torch.Tensor] = {}
+    # prepend: see the head's input before ZeRO-3's own pre-hook wraps it for the head's backward
+    hook = head.register_forward_pre_hook(_keep_hidden(captured, tuple(batch["input_ids"].shape)), prepend=True)
+    try:
+        out = model(**fwd, use_cache=False)
+    finally:
+        hook.remove()
+    with _gathered(head.weight) as weight:
+        return loss_sums_from_hidden(captured["h"], weight, batch, method, ce_chunk_size), out
+
+
+def _keep_hidden(captured: dict[str, torch.Tensor], batch_shape: tuple[int, int]):
+    """Head pre-hook: store the [B, T, H] hidden states, pass the head only the last position."""
+    def hook(_module, args):
+        h = args[0]
+        if tuple(h.shape[:2]) == batch_shape:
+            seq_dim = 1
+        elif tuple(h.shape[:2]) == batch_shape[::-1]:  # sequence-first models (ChatGLM)
+            seq_dim = 0
+        else:
+            raise ValueError(f"output head input {tuple(h.shape)} does not match the batch {batch_shape}: "
+                             "use ce_chunk_size 0 for this model")
+        captured["h"] = h if seq_dim == 1 else h.transpose(0, 1)
+        return (h.narrow(seq_dim, h.size(seq_dim) - 1, 1), *args[1:])
+    return hook
+
+
+def check_chunked_ce(model: torch.nn.Module) -> torch.nn.Linear:
+    """The model's output head; ValueError if logits are not plain ``head(hidden)`` (chunked CE would be wrong)."""
+    head, conf = model.get_output_embeddings(), model.config
+    problems = [msg for bad, msg in [
+        (not isinstance(head, torch.nn.Linear) or head.bias is not None, "the output head is not a bias-free Linear"),
+        (getattr(conf, "final_logit_softcapping", None) is not None, "it soft-caps its logits"),
+        (getattr(conf, "logit_scale", None) not in (None, 1.0), "it scales its logits"),
+    ] if bad]
+    if problems:
+        raise ValueError(f"ce_chunk_size > 0 needs logits = lm_head(hidden), but for {type(model).__name__} "
+                         f"{'; '.join(problems)}: use ce_chunk_size 0")
+    return head
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The HF model inside DDP / DeepSpeed engine wrappers."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
+@contextlib.contextmanager
+def _gathered(param: torch.nn.Parameter):
+    """The full parameter: ZeRO-3 partitions it outside its module's forward, so gather it read-only there."""
+    if not hasattr(param, "ds_id"):
+        yield param
+        return
+    import deepspeed
+    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+        yield param
 
 
 # ----------------------------------------------------------------------------- batching
@@ -269,11 +366,8 @@ class LongAlignTrainer(Trainer):
     # -- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """This rank's weighted share of the step objective (see module docstring)."""
-        fwd = {k: inputs[k] for k in ("input_ids", "position_ids", "attention_mask") if k in inputs}
-        if self.packed and self._varlen():
-            fwd.update({k: inputs[k] for k in VARLEN_KEYS if k in inputs})
-        out = model(**fwd, use_cache=False)
-        sums = loss_sums(out.logits, inputs)
+        sums, out = forward_loss_sums(model, inputs, self.cfg.method, self.cfg.ce_chunk_size,
+                                      self.packed and self._varlen())
         totals = self._totals or {"targets": inputs["num_target_tokens"], "sequences": inputs["num_sequences"],
                                   "packs": inputs["num_packs"]}  # outside a training step (evaluation)
         self._acc["ce"] = self._acc.get("ce", 0.0) + float(sums["ce"].detach())
@@ -633,7 +727,8 @@ def training_run_configs(params: dict[str, Any], outputs_root: Path) -> list[Tra
                   weight_decay=p.get("weight_decay", 0.0), bf16=p.get("bf16", False),
                   gradient_checkpointing=p.get("gradient_checkpointing", False),
                   deepspeed=p.get("deepspeed") or None, save_steps=p.get("save_steps", 0),
-                  dtype=p.get("dtype", "float32"), model_overrides=dict(p.get("model_overrides", {})))
+                  dtype=p.get("dtype", "float32"), model_overrides=dict(p.get("model_overrides", {})),
+                  ce_chunk_size=p.get("ce_chunk_size", CE_CHUNK_SIZE))
     if common["deepspeed"] and not Path(common["deepspeed"]).is_absolute():
         common["deepspeed"] = str(paths.ROOT / common["deepspeed"])
     cfgs = [_method_config(m, s, p, p["suite"], outputs_root, common) for s in seeds for m in p["methods"]]
@@ -655,7 +750,7 @@ def _method_config(method: str, seed: int, p: dict[str, Any], suite: str, output
 
 
 @torch.no_grad()
-def evaluate_loss(model_path: str | Path, dataset, max_len: int) -> dict[str, float]:
+def evaluate_loss(model_path: str | Path, dataset, max_len: int, ce_chunk_size: int = CE_CHUNK_SIZE) -> dict[str, float]:
     """Token-mean and sequence-mean target loss of a checkpoint on tokenized rows (packed forwards)."""
     from transformers import AutoModelForCausalLM
     from longalign import packing
@@ -665,8 +760,7 @@ def evaluate_loss(model_path: str | Path, dataset, max_len: int) -> dict[str, fl
     totals = {"ce": 0.0, "seq": 0.0, "targets": 0, "sequences": 0}
     for pack in tqdm(packing.pack(row_lengths(dataset, max_len), max_len), desc="eval packs", leave=False):
         batch = collate_micro_batch([{**dataset[i], "pack_id": 0} for i in pack], True, 0)
-        fwd = {k: batch[k] for k in ("input_ids", "position_ids", *VARLEN_KEYS)}
-        sums = loss_sums(model(**fwd, use_cache=False).logits, batch)
+        sums, _ = forward_loss_sums(model, batch, "packing_weighted", ce_chunk_size, varlen=True)
         totals["ce"] += float(sums["ce"])
         totals["seq"] += float(sums["seq"])
         totals["targets"] += batch["num_target_tokens"]

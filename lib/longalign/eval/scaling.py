@@ -61,7 +61,7 @@ def evaluate_variant(name: str, run: dict[str, Any], heldout, qa_items: list[dic
         raise ValueError("the held-out set is empty: tokenize heldout-longqa.jsonl with a max_len that keeps the answers")
     start = time.time()
     ckpt = paths.outputs() / run["checkpoints"][-1]["path"]
-    held = train.evaluate_loss(ckpt, heldout, max_len)
+    held = train.evaluate_loss(ckpt, heldout, max_len, run["config"].get("ce_chunk_size", train.CE_CHUNK_SIZE))
     model, tokenizer = curves.load_checkpoint(ckpt)
     qa, rows = curves.score_items(model, tokenizer, qa_items, max_new_tokens=qa_max_new_tokens) if qa_items else (None, [])
     return {"name": name, "run": run["name"], "method": run["method"], "max_len": run["config"]["max_len"],
