@@ -8,7 +8,7 @@ Checks:
    attention on CUDA) equal separate runs of each sequence, bf16 and fp32;
 2. bf16 autocast training step: packed + weighted gradient vs unpacked per-sequence mean (Eq. 2);
 3. peak GPU memory and time of one training step on a long pack with the plain loss vs the chunked
-   cross-entropy (``packed_loss_from_hidden``), with gradient checkpointing.
+   cross-entropy, both through the trainer's ``train.forward_loss_sums``, with gradient checkpointing.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import torch
 
 from longalign import attention, models
 from longalign.collate import PackingCollator, sequence_weights
-from longalign.loss import packed_loss, packed_loss_from_hidden, token_mean_loss
+from longalign.loss import packed_loss, token_mean_loss
+from longalign.train import CE_CHUNK_SIZE, forward_loss_sums, objective
 
 
 def _emit(out: Path, name: str, value: float, goal: float, lower_is_ok: bool = True, **extra) -> None:
@@ -101,14 +102,10 @@ def check_memory(out: Path, tokens: int) -> None:
     model.gradient_checkpointing_enable()
     feats = _features(random.Random(2), max(tokens // 4096, 1), 2048, 6144, 8192)
     b = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in PackingCollator()(feats).items()}
-    for name in ("plain", "chunked"):
+    for name, chunk in (("plain", 0), ("chunked", CE_CHUNK_SIZE)):
         torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); start = time.perf_counter()
-        if name == "plain":
-            logits = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
-            loss = packed_loss(logits, b["labels"], b["loss_weights"], 1, b["num_sequences"])
-        else:
-            hidden = model.model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).last_hidden_state
-            loss = packed_loss_from_hidden(hidden, model.lm_head.weight, b["labels"], b["loss_weights"], 1, b["num_sequences"])
+        sums, _ = forward_loss_sums(model, b, "packing_weighted", chunk, varlen=True)  # the trainer's loss path
+        loss = objective("packing_weighted", sums, {"sequences": b["num_sequences"]}, 1)
         loss.backward(); model.zero_grad(); torch.cuda.synchronize()
         _emit(out, f"step_peak_gib_{name}", torch.cuda.max_memory_allocated() / 2**30, 80.0,
               tokens=int(b["input_ids"].shape[1]), seconds=time.perf_counter() - start)

@@ -186,11 +186,13 @@ def test_final_checkpoints_skip_pretraining_runs(tmp_path, monkeypatch):
     from longalign.records import write_record
 
     monkeypatch.setenv("LONGALIGN_OUTPUTS", str(tmp_path))
-    for name, method in (("packing_weighted-seed0", "packing_weighted"), ("ctx-short", "pretrain")):
+    for name, method in (("packing_weighted-seed0", "packing_weighted"), ("ctx-short", "pretrain"),
+                         ("packing_weighted-seed1", "packing_weighted")):
         (tmp_path / "runs" / name / "checkpoint-4").mkdir(parents=True)
         (tmp_path / "runs" / name / "checkpoint-2").mkdir(parents=True)
         ckpts = [{"step": s, "path": f"runs/{name}/checkpoint-{s}"} for s in (2, 4)]
         write_record(tmp_path / "runs" / f"{name}.json", {"method": method, "checkpoints": ckpts})
-    found = lbc.final_checkpoints()
+    assert list(lbc.final_checkpoints()) == ["packing_weighted-seed0", "packing_weighted-seed1"]
+    found = lbc.final_checkpoints(pattern="*-seed0")
     assert list(found) == ["packing_weighted-seed0"]
     assert found["packing_weighted-seed0"] == (tmp_path / "runs" / "packing_weighted-seed0" / "checkpoint-4").resolve()

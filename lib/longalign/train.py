@@ -20,6 +20,12 @@ so the accumulated gradient equals that of Eq. 2 for any GA, world size and pack
 (tested against an unpacked reference in ``tests/test_train_equivalence.py``). The official code
 is exact only for GA 1 on one node (K = local GPU count, M fixed per group of packs).
 
+Loss computation (:func:`forward_loss_sums`): by default (``ce_chunk_size`` 4096) no ``[T, vocab]``
+logits are made. A pre-hook on the output head keeps the final hidden states and hands the head one
+position; :func:`longalign.loss.linear_cross_entropy` then projects only the target rows, 4,096 at a
+time, computing their gradients in the same pass (under ZeRO-3 the head weight is gathered for it).
+``ce_chunk_size: 0`` takes the loss from full logits; both paths give the same update (tested).
+
 Every step logs the token-mean and the sequence-mean loss (whatever the objective), the learning
 rate, and per-rank compute / wait / communication seconds. Under plain DDP with
 ``explicit_sync`` (default) gradients are reduced by one explicit all-reduce after a timed barrier,

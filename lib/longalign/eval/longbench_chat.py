@@ -305,15 +305,16 @@ def judge_human_agreement(records: pd.DataFrame, human: pd.DataFrame) -> pd.Data
 # -- models under evaluation --------------------------------------------------------------------------
 
 
-def final_checkpoints(runs_dir: str | Path | None = None) -> dict[str, Path]:
-    """Run name -> last checkpoint of every fine-tuning run in ``outputs/runs/*.json`` (03, 06).
+def final_checkpoints(runs_dir: str | Path | None = None, pattern: str = "*") -> dict[str, Path]:
+    """Run name -> last checkpoint of every fine-tuning run in ``outputs/runs/*.json`` whose name matches ``pattern``.
 
     Continual-pretraining runs (notebook 02, method ``pretrain``) are base models, not chat models,
-    so they are left out of the chat benchmarks.
+    so they are left out of the chat benchmarks. ``pattern`` is a glob on the run name (e.g.
+    ``"*-seed0"``: one seed of each of notebook 03's methods and data suites).
     """
     folder = Path(runs_dir) if runs_dir is not None else paths.runs_dir()
     found = {}
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(folder.glob(f"{pattern}.json")):
         rec = read_record(path)
         if rec.get("method") == "pretrain":
             continue
