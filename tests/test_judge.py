@@ -167,3 +167,41 @@ def test_local_judge_without_rating_is_nan(tmp_path):
     df = load_records(paths.results_dir("loc"))
     # a random tiny model writes no [[n]] in 4 tokens: recorded as NaN, counted, one attempt (greedy)
     assert counts["judged"] == 2 and counts["nan"] == 2 and (df["attempts"] == 1).all()
+
+
+def test_expected_rating_matches_each_rating_scored_alone():
+    """The batched expected rating equals scoring every "k]]" continuation in its own forward."""
+    import torch
+    from longalign.eval.judge import RATING_PREFIX, expected_rating
+    from longalign.models import cpu_tokenizer, tiny_llama, tiny_llama_config
+
+    tok = cpu_tokenizer()
+    model = tiny_llama(tiny_llama_config(len(tok), hidden=32, layers=1, heads=2), seed=1, dtype=torch.float64)
+    msgs = [{"role": "system", "content": "Judge."}, {"role": "user", "content": "Rate the answer 'Paris'."}]
+    score, probs = expected_rating(model, tok, msgs, 1, 10)
+    prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + RATING_PREFIX
+    prefix = tok(prompt, add_special_tokens=False)["input_ids"]
+    alone = []
+    for k in range(1, 11):
+        cont = tok(f"{k}]]", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([prefix + cont])).logits[0], -1)
+        alone.append(sum(float(logp[len(prefix) + j - 1, t]) for j, t in enumerate(cont)))
+    ref = torch.softmax(torch.tensor(alone), 0)
+    assert [probs[str(k)] for k in range(1, 11)] == pytest.approx(ref.tolist(), abs=1e-6)
+    assert score == pytest.approx(float((ref * torch.arange(1, 11)).sum()), rel=1e-6) and 1 <= score <= 10
+
+
+def test_logprob_local_judge_always_rates(tmp_path):
+    from longalign.models import cpu_tokenizer, tiny_llama, tiny_llama_config
+
+    tok = cpu_tokenizer()
+    model = tiny_llama(tiny_llama_config(len(tok), hidden=32, layers=1, heads=2), seed=0)
+    judge = Judge("local", "tiny", local_model=(model, tok), cache_dir=tmp_path, rating="logprob")
+    assert judge.name == "local-logprob-tiny"
+    counts = judge_sweep(judge, _requests(2), benchmark="loc", model_tag="m", runs=2)
+    df = load_records(paths.results_dir("loc"))
+    assert counts["judged"] == 4 and counts["nan"] == 0 and df["score"].between(1, 10).all()
+    assert all(abs(sum(json.loads(r)["p"].values()) - 1) < 1e-4 for r in df["raw"])
+    with pytest.raises(ValueError, match="logprob"):
+        Judge("openai", "gpt-4", rating="logprob")

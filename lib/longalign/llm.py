@@ -334,6 +334,12 @@ class LLMClient:
         text = tok.decode(new, skip_special_tokens=True).strip()
         return Completion(text, int(enc["input_ids"].shape[1]), int(new.shape[0]), 0.0, False, self.model)
 
+    def local_pair(self) -> tuple[Any, Any]:
+        """(model, tokenizer) of the local backend, loaded once (for scoring that is not generation)."""
+        if self.backend != "local":
+            raise ValueError(f"local_pair needs the local backend, this client is {self.backend!r}")
+        return self._local_pair()
+
     def _local_pair(self) -> tuple[Any, Any]:
         """(model, tokenizer) for the local backend: given as a pair, or loaded by name (e.g. ``smollm2``)."""
         with self._local_lock:

@@ -5,10 +5,16 @@ in free text with the rating in ``[[n]]``, parsed exactly as the official LongBe
 does (:func:`parse_rating`). The ``overlap`` judge is the offline proxy of the cpu profile: token
 F1 of the normalised answer against the reference, mapped onto the judge scale. It stands in for
 GPT-4 only so that the pipeline runs without a network; its numbers are not GPT-4 numbers.
+
+A ``local`` judge can also rate by probability (``rating="logprob"``): the reply is prefilled with
+``Rating: [[`` and the score is the expected rating under the model's probabilities of each
+``"k]]"`` (:func:`expected_rating`, as in G-Eval). Small local models rarely write a parseable
+``[[n]]`` when generating freely; this always yields a rating, and the distribution is recorded.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import string
@@ -23,7 +29,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from longalign import paths
-from longalign.llm import BudgetExceeded, Completion, LLMClient, LLMError
+from longalign.llm import BudgetExceeded, Completion, LLMClient, LLMError, normalize_messages
 from longalign.records import record_exists, write_record
 
 # Official LongBench_Chat/eval.py: last "[[...]]" group, then the first number inside it.
@@ -92,6 +98,8 @@ def overlap_score(answer: str, reference: str, low: float = 1.0, high: float = 1
 # -- judges ---------------------------------------------------------------------------------------
 
 JUDGE_KINDS = ("openai", "anthropic", "local", "overlap")
+RATING_MODES = ("generate", "logprob")
+RATING_PREFIX = "Rating: [["
 # The system prompt of the official LongBench-Chat (and THUDM LongBench) GPT-4 judge scripts.
 JUDGE_SYSTEM = "You're a good assistant at evaluating the quality of texts."
 
@@ -131,9 +139,12 @@ class Judge:
                  concurrency: int = 4, max_attempts: int = 3, max_tokens: int = 1024,
                  cache_dir: str | Path | None = None, max_cost_usd: float | None = None,
                  local_model: Any = None, timeout_s: float = 120.0, max_retries: int = 6,
-                 backoff_s: float = 1.0):
+                 backoff_s: float = 1.0, rating: str = "generate"):
         if kind not in JUDGE_KINDS:
             raise ValueError(f"unknown judge {kind!r}; expected one of {JUDGE_KINDS}")
+        if rating not in RATING_MODES or (rating == "logprob" and kind != "local"):
+            raise ValueError(f"rating {rating!r}: choose from {RATING_MODES}; 'logprob' needs the local judge")
+        self.rating = rating
         if kind in ("openai", "anthropic") and not model:
             raise ValueError(f"judge {kind!r} needs a model name (e.g. gpt-4-1106-preview)")
         self.kind, self.model = kind, model or ("smollm2" if kind == "local" else kind)
@@ -153,7 +164,8 @@ class Judge:
         """Folder-safe judge name, e.g. ``overlap`` or ``openai-gpt-4-1106-preview``."""
         if self.kind == "overlap":
             return "overlap"
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{self.kind}-{Path(str(self.model)).name}")
+        kind = f"{self.kind}-logprob" if self.rating == "logprob" else self.kind
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{kind}-{Path(str(self.model)).name}")
 
     def client(self, run: int) -> LLMClient:
         """The LLM client of scoring run ``run``: each run has its own response cache (independent repeats)."""
@@ -167,9 +179,10 @@ class Judge:
 
     def judge_many(self, requests: list[JudgeRequest], run: int = 0, desc: str = "judge") -> Iterator[tuple[int, Verdict]]:
         """Yield ``(index, Verdict)`` for every request (any order); unparseable replies are re-asked."""
-        if self.kind == "overlap":
+        if self.kind == "overlap" or self.rating == "logprob":
+            rate = self._overlap if self.kind == "overlap" else self._logprob
             for i, req in enumerate(tqdm(requests, desc=desc, disable=len(requests) < 50)):
-                yield i, self._overlap(req)
+                yield i, rate(req)
             return
         pending = list(range(len(requests)))
         spent: dict[int, Verdict] = {}
@@ -185,6 +198,12 @@ class Judge:
             return Verdict(math.nan, "", 0, error="no reference answer: the overlap proxy cannot rate this item")
         score = overlap_score(req.answer, req.reference, req.low, req.high)
         return Verdict(score, f"[[{score:.4f}]]", 1)
+
+    def _logprob(self, req: JudgeRequest) -> Verdict:
+        model, tok = self.client(0).local_pair()  # deterministic: every run gives the same rating
+        msgs = normalize_messages(req.prompt, req.system)
+        score, probs = expected_rating(model, tok, msgs, int(req.low), int(req.high))
+        return Verdict(score, json.dumps({"expected": score, "p": probs}), 1)
 
     def _attempt(self, requests, pending, spent, attempt, run, desc):
         """One pass over ``pending``; yields final verdicts, returns the indices to re-ask."""
@@ -227,6 +246,29 @@ class Judge:
         self.stats["cost_usd"] += comp.cost_usd
         self.stats["input_tokens"] += comp.input_tokens
         self.stats["output_tokens"] += comp.output_tokens
+
+
+def expected_rating(model: Any, tokenizer: Any, messages: list[dict[str, str]], low: int = 1,
+                    high: int = 10) -> tuple[float, dict[str, float]]:
+    """Σ k·P(k) over k = low..high, P(k) ∝ P("k]]" | chat prompt + "Rating: [["); returns (score, {k: P(k)})."""
+    import torch
+
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + RATING_PREFIX
+    prefix = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ratings = list(range(low, high + 1))
+    # whole continuations, not first tokens: "10" may share its first token with "1"
+    conts = [tokenizer(f"{k}]]", add_special_tokens=False)["input_ids"] for k in ratings]
+    width = len(prefix) + max(len(c) for c in conts)
+    ids = torch.zeros(len(conts), width, dtype=torch.long)
+    for row, c in enumerate(conts):
+        ids[row, :len(prefix) + len(c)] = torch.tensor(prefix + c)
+    with torch.no_grad():  # right padding: positions before each row's end never see it
+        logp = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+    scores = torch.stack([sum(logp[row, len(prefix) + j - 1, t] for j, t in enumerate(c))
+                          for row, c in enumerate(conts)])
+    probs = torch.softmax(scores, dim=0)
+    return float((probs * torch.tensor(ratings, dtype=probs.dtype)).sum()), \
+        {str(k): round(float(p), 6) for k, p in zip(ratings, probs)}
 
 
 def _is_budget_stop(result: Any) -> bool:
