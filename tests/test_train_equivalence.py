@@ -159,6 +159,15 @@ def test_chunked_cross_entropy_equals_full_logits(method, outputs):
     assert np.allclose(logs[1], logs[0], rtol=1e-12, atol=0)
 
 
+def test_chunked_cross_entropy_with_gradient_checkpointing(outputs):
+    """The head pre-hook still sees the final hidden states when the decoder layers are checkpointed."""
+    ds = make_dataset(4)
+    cfg = sgd_config("packing_weighted", 2, 2, "eq-ckpt", gradient_checkpointing=True, ce_chunk_size=5)
+    rec = run_training(cfg, dataset=ds)
+    err = relative_error(update_from_checkpoint(_checkpoint(rec, outputs)), reference_gradient(ds))
+    assert err <= 1e-12, f"relative error {err:.3e}"
+
+
 @pytest.mark.slow
 def test_weighted_packing_equals_unpacked_mean_two_ranks(tmp_path):
     """Two gloo processes (torchrun), GA in {1, 3} x packs/device in {1, 2}, one launch."""

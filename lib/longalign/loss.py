@@ -136,7 +136,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return _ChunkedLinearCE.apply(hidden, weight, targets, weights, chunk_size, need_grad)
+    with torch.autocast(hidden.device.type, enabled=False):  # the math runs in >= float32, as documented
+        return _ChunkedLinearCE.apply(hidden, weight, targets, weights, chunk_size, need_grad)
 
 
 def packed_loss_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor,
