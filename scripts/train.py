@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in configs_from_args(args):
         rec = run_training(cfg, overwrite=args.overwrite)
         if int(os.environ.get("RANK", "0")) == 0:
-                print(json.dumps({k: rec.get(k) for k in ("name", "method", "seed", "world_size", "steps", "wall_s",
-                                                        "tokens_per_s", "final_loss_token", "final_loss_sequence")}))
+            print(json.dumps({k: rec.get(k) for k in ("name", "method", "seed", "world_size", "steps", "wall_s",
+                                                    "tokens_per_s", "final_loss_token", "final_loss_sequence")}))
     return 0
 
 
