@@ -83,6 +83,23 @@ def test_chunked_ce_refuses_models_whose_logits_are_not_a_plain_head():
         TrainConfig(ce_chunk_size=-1).validate()
 
 
+def test_chunked_ce_finds_the_head_by_vocabulary_size():
+    """Remote-code models without get_output_embeddings (ChatGLM3): the one vocab-sized Linear is the head."""
+    from longalign.train import collate_micro_batch, forward_loss_sums
+
+    conf = models.tiny_llama_config(96, hidden=16, layers=1, heads=2, max_position=64)
+    model = models.tiny_llama(conf, seed=0, dtype=torch.float64)
+    model.get_output_embeddings = lambda: None
+    assert check_chunked_ce(model) is model.lm_head
+    rng = np.random.default_rng(0)
+    feats = [{"input_ids": rng.integers(4, 96, n).tolist(), "labels": [-100] * 3 + rng.integers(4, 96, n - 3).tolist(),
+              "pack_id": 0} for n in (9, 13)]
+    batch = collate_micro_batch(feats, True, 0)
+    full, _ = forward_loss_sums(model, batch, "packing_weighted", 0)
+    chunked, _ = forward_loss_sums(model, batch, "packing_weighted", 4)
+    assert all(torch.allclose(full[k], chunked[k], rtol=1e-12) for k in full)
+
+
 @pytest.mark.parametrize("method", ["naive", "sorted", "packing", "packing_weighted"])
 def test_run_record_contract(method, outputs):
     per_device = 3 if method in ("naive", "sorted") else 1

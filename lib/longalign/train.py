@@ -237,9 +237,19 @@ def _keep_hidden(captured: dict[str, torch.Tensor], batch_shape: tuple[int, int]
     return hook
 
 
+def output_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """``get_output_embeddings()``, else the one Linear with vocabulary-sized outputs (remote code, e.g. ChatGLM3)."""
+    head = model.get_output_embeddings()
+    if isinstance(head, torch.nn.Linear):
+        return head
+    vocab = {getattr(model.config, k, None) for k in ("vocab_size", "padded_vocab_size")} - {None}
+    found = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features in vocab]
+    return found[0] if len(found) == 1 else head
+
+
 def check_chunked_ce(model: torch.nn.Module) -> torch.nn.Linear:
     """The model's output head; ValueError if logits are not plain ``head(hidden)`` (chunked CE would be wrong)."""
-    head, conf = model.get_output_embeddings(), model.config
+    head, conf = output_head(model), model.config
     problems = [msg for bad, msg in [
         (not isinstance(head, torch.nn.Linear) or head.bias is not None, "the output head is not a bias-free Linear"),
         (getattr(conf, "final_logit_softcapping", None) is not None, "it soft-caps its logits"),
