@@ -20,8 +20,9 @@ from pathlib import Path
 
 from common import median, result
 
+from longalign.train import CE_CHUNK_SIZE
+
 GIB = 2**30
-CE_CHUNK = 4096
 # name: (params, layers, hidden, ffn, heads, kv_heads, vocab)
 MODELS = {"Llama-2-7B": (6.74e9, 32, 4096, 11008, 32, 32, 32000),
           "ChatGLM3-6B": (6.24e9, 28, 4096, 13696, 32, 2, 65024)}
@@ -39,7 +40,7 @@ def _measure(variant: str, tokens: int) -> dict:
     torch.manual_seed(0)
     model = models(["ours"])["ours"]
     batch = PackingCollator()(features([2048] * (tokens // 2048)))
-    chunk = 0 if variant == "plain" else CE_CHUNK
+    chunk = 0 if variant == "plain" else CE_CHUNK_SIZE
     warm = PackingCollator()(features([64, 64]))  # first calls allocate thread pools and kernels: keep them out
     forward_loss_sums(model, warm, "packing_weighted", chunk, varlen=True)[0]["seq"].backward()
     model.zero_grad(set_to_none=True)
@@ -67,7 +68,7 @@ def measured(tokens: int, repeats: int) -> dict:
             for v, rs in runs.items()}
 
 
-def gpu_estimate(model: str, tokens: int = 65_536, world: int = 8, chunk: int = 4096) -> dict[str, dict]:
+def gpu_estimate(model: str, tokens: int = 65_536, world: int = 8, chunk: int = CE_CHUNK_SIZE) -> dict[str, dict]:
     """Analytic peak GPU memory (GiB) per method for one pack of ``tokens`` on ``world`` GPUs."""
     p, layers, d, ffn, heads, kv, vocab = MODELS[model]
     kvd = d * kv // heads

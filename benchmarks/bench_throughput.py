@@ -29,10 +29,9 @@ from workload import MAX_LEN, features, long_tail_lengths, models
 
 from longalign import packing
 from longalign.collate import NON_MODEL_KEYS, PackingCollator, PaddingCollator
-from longalign.train import forward_loss_sums, objective
+from longalign.train import CE_CHUNK_SIZE, forward_loss_sums, objective
 
 METHODS = ("naive", "group_by_length", "trl_bfd", "trl_wrapped", "ours_full_ce", "ours")
-CE_CHUNK = 4096
 BATCH = 8
 
 
@@ -71,7 +70,7 @@ def train_step(method: str, model, opt, batch: dict) -> int:
     """One optimizer step on one micro-batch; returns its real (non-padding) token count."""
     batch = dict(batch)
     if method.startswith("ours"):
-        chunk = 0 if method == "ours_full_ce" else CE_CHUNK
+        chunk = 0 if method == "ours_full_ce" else CE_CHUNK_SIZE
         sums, _ = forward_loss_sums(model, batch, "packing_weighted", chunk, varlen=True)
         loss = objective("packing_weighted", sums, {"sequences": batch["num_sequences"]}, 1)
         real = batch["input_ids"].numel()

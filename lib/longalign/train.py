@@ -178,9 +178,7 @@ def loss_sums_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, ba
     key = objective_term(method)[0]
     total, ce = loss.linear_cross_entropy(hidden[:, :-1][valid], lm_head_weight, labels[valid], weights[key],
                                           chunk_size)
-    sums = {k: (ce * w).sum() for k, w in weights.items()}
-    sums[key] = total
-    return sums
+    return {k: total if k == key else (ce * w).sum() for k, w in weights.items()}
 
 
 def objective_term(method: str) -> tuple[str, str]:
