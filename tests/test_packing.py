@@ -49,7 +49,7 @@ def reference_bfd_loads(lengths: np.ndarray, max_len: int) -> list[int]:
     return sorted(loads)
 
 
-@pytest.mark.parametrize("strategy", ["bfd", "bfd_chunked", "next_fit"])
+@pytest.mark.parametrize("strategy", ["bfd", "bfd_chunked", "next_fit", "equal_counts"])
 @pytest.mark.parametrize("seed", range(24))
 def test_exactly_once_capacity_determinism(strategy, seed):
     lengths, max_len = random_case(seed)
@@ -164,3 +164,30 @@ def test_schedule_balances_eight_ranks():
 
 def test_pack_cost_formula():
     assert pack_cost([3, 4], a=2.0, b=0.5) == pytest.approx(2 * 7 + 0.5 * 25)
+
+
+def test_equal_counts_levels_sequences_per_pack_at_bfd_fill():
+    lengths = longalign_mix(1_000, 9_000, seed=4)
+    packs = pack(lengths, 65536, "equal_counts")
+    assert sorted(i for p in packs for i in p) == list(range(len(lengths)))
+    assert max(int(lengths[p].sum()) for p in packs) <= 65536
+    assert len(packs) <= lower_bound(lengths, 65536) * 1.01
+    counts = np.array([len(p) for p in packs])
+    bfd_counts = np.array([len(p) for p in pack(lengths, 65536, "bfd")])
+    # BFD leaves most packs with one or two sequences and a few with hundreds; here (nearly) all sit at n / packs
+    mean = len(lengths) / len(packs)
+    assert np.mean(np.abs(counts - mean) <= 1) > 0.9 and counts.max() <= np.ceil(mean) + 1
+    assert np.mean(np.abs(bfd_counts - mean) <= 1) < 0.2
+
+
+@pytest.mark.parametrize("order", ["random", "in_order"])
+def test_schedule_orders_use_every_pack_once(order):
+    lengths = longalign_mix(100, 900, seed=5)
+    packs = split_packs_to_multiple(pack(lengths, 65536), lengths, 4)
+    schedule = schedule_packs(packs, lengths, world_size=4, packs_per_rank=2, seed=3, order=order)
+    assert sorted(p for step in schedule for rank in step for p in rank) == list(range(len(packs)))
+    assert all(len(rank) == 2 for step in schedule[:-1] for rank in step)
+    if order == "in_order":  # the official deal: consecutive packs, pack k of a step on rank k % world
+        assert schedule[0] == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    with pytest.raises(ValueError, match="step order"):
+        schedule_packs(packs, lengths, 4, order="bogus")

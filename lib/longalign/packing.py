@@ -8,7 +8,11 @@ API
   ``pack_dataset`` behaviour), for comparison. ``"next_fit"``: the official LongAlign repo's
   ``sort_and_group.py`` (next-fit in dataset order) — but it keeps the last pack (the official code
   drops it), lets a pack reach exactly ``max_len`` (official: ``< max_len``) and raises on
-  over-length items (official: silently skips them). Every index appears exactly once, no pack
+  over-length items (official: silently skips them). ``"equal_counts"``: as many packs as BFD
+  (+ a few when the fill needs them), with about equally many sequences in every pack (see
+  :func:`_equal_counts`); the default of the training samplers, because the per-step Eq. 4 divides
+  by the step's sequence count M, so packs of very different counts reweight the data mixture over
+  an epoch (``longalign.weighting.epoch_weights``). Every index appears exactly once, no pack
   exceeds ``max_len``, the result is deterministic; a length > ``max_len`` (or < 1) raises
   ``ValueError`` naming its index.
 - ``lower_bound(lengths, max_len) -> int`` — ``ceil(sum(L) / max_len)``, the fill reference.
@@ -16,10 +20,12 @@ API
 - ``assign_to_ranks(costs, world_size, equal_counts=True) -> list[list[int]]`` — LPT greedy plus
   pairwise move/swap refinement minimising the most loaded rank; with ``equal_counts`` every rank
   gets ``len(costs) // world_size`` packs (±1), so ranks run equally many micro-batches.
-- ``schedule_packs(packs, lengths, world_size, packs_per_rank, a=1.0, b=1/4096, seed=0)
-  -> list[list[list[int]]]`` — step → rank → pack indices. Packs are ordered by cost, cut into
-  consecutive steps of ``world_size * packs_per_rank`` (similar costs, so ranks can be balanced),
-  order of the full steps shuffled with ``seed``, and each step split with ``assign_to_ranks``.
+- ``schedule_packs(packs, lengths, world_size, packs_per_rank, a=1.0, b=1/4096, seed=0,
+  order="cost") -> list[list[list[int]]]`` — step → rank → pack indices. ``order="cost"``: packs
+  ordered by cost, cut into consecutive steps of ``world_size * packs_per_rank`` (similar costs, so
+  ranks can be balanced), order of the full steps shuffled with ``seed``, and each step split with
+  ``assign_to_ranks``. ``"random"``: packs shuffled with ``seed`` into steps (then split the same
+  way). ``"in_order"``: packs in their given order, dealt round-robin (the official repo).
   A smaller leftover step comes last; its ranks get equally many packs only if its pack count is
   a multiple of ``world_size`` (``split_packs_to_multiple`` arranges that).
 - ``split_packs_to_multiple(packs, lengths, multiple) -> list[list[int]]`` — split the packs with
@@ -35,7 +41,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-STRATEGIES = ("bfd", "bfd_chunked", "next_fit")
+STRATEGIES = ("bfd", "bfd_chunked", "next_fit", "equal_counts")
+ORDERS = ("cost", "random", "in_order")
 CHUNK_ROWS = 1000  # TRL's pack_dataset maps in batches of 1,000 rows and packs inside each
 
 
@@ -72,6 +79,8 @@ def pack(lengths: Sequence[int], max_len: int, strategy: str = "bfd") -> list[li
         return packs
     if strategy == "next_fit":
         return _next_fit(arr, max_len)
+    if strategy == "equal_counts":
+        return _equal_counts(arr, max_len)
     raise ValueError(f"unknown packing strategy {strategy!r}; choose from {STRATEGIES}")
 
 
@@ -87,6 +96,110 @@ def _next_fit(arr: np.ndarray, max_len: int) -> list[list[int]]:
     if current:  # the official code drops this last pack
         packs.append(current)
     return packs
+
+
+EQUAL_COUNTS_SLACK = 0.002  # extra packs (fraction of BFD's count) when the first try leaves sequences over
+
+
+def _equal_counts(arr: np.ndarray, max_len: int) -> list[list[int]]:
+    """About n / packs sequences in every pack, with BFD's pack count (or 0.2 % more when needed).
+
+    Sequences longer than the mean room per sequence are spread worst-fit-decreasing (each into the
+    pack with most room left), so room stays in every pack. The shorter ones follow, longest first,
+    each into the pack with most room per still-open sequence slot: packs with little room are left
+    for the shortest sequences. A pack count that leaves sequences over is retried with the slack.
+    """
+    if arr.size == 0:
+        return []
+    n_bfd = len(_bfd(arr, max_len, np.arange(arr.size)))
+    packs, opened = _equal_counts_into(arr, max_len, n_bfd)
+    if opened:
+        packs, _ = _equal_counts_into(arr, max_len, n_bfd + max(1, int(np.ceil(n_bfd * EQUAL_COUNTS_SLACK))))
+    return packs
+
+
+def _equal_counts_into(arr: np.ndarray, max_len: int, n_packs: int) -> tuple[list[list[int]], int]:
+    """One try at ``n_packs`` packs; also returns how many packs had to be opened beyond them."""
+    big = arr > max_len * n_packs / arr.size
+    bins, room = _spread_worst_fit(arr, np.flatnonzero(big), max_len, n_packs)
+    targets = _count_targets(np.array([len(b) for b in bins]), room, arr.size)
+    overflow = _deal_by_room_per_slot(arr, np.flatnonzero(~big), bins, room, targets)
+    before = len(bins)
+    _place_fewest(arr, overflow, bins, room, max_len)
+    return [sorted(b) for b in bins if b], len(bins) - max(before, n_packs)
+
+
+def _spread_worst_fit(arr: np.ndarray, items: np.ndarray, max_len: int,
+                      n_packs: int) -> tuple[list[list[int]], list[int]]:
+    """Items (longest first) each into the pack with most room; a new pack when even that is too small."""
+    bins: list[list[int]] = [[] for _ in range(n_packs)]
+    room = [max_len] * n_packs
+    heap = [(-max_len, b) for b in range(n_packs)]
+    for i in items[np.lexsort((items, -arr[items]))].tolist():
+        length = int(arr[i])
+        if -heap[0][0] < length:  # even the roomiest pack is too small: open one
+            bins.append([i])
+            room.append(max_len - length)
+            heapq.heappush(heap, (-room[-1], len(bins) - 1))
+            continue
+        b = heap[0][1]
+        bins[b].append(i)
+        room[b] -= length
+        heapq.heapreplace(heap, (-room[b], b))
+    return bins, room
+
+
+def _count_targets(counts: np.ndarray, room: list[int], n: int) -> np.ndarray:
+    """Sequences per pack summing to n, as level as the packs' current counts allow."""
+    level = n // counts.size
+    while level > 0 and np.maximum(counts, level).sum() > n:
+        level -= 1
+    targets = np.maximum(counts, level)
+    extra = n - int(targets.sum())
+    per_slot = np.asarray(room, dtype=np.float64) / (targets - counts + 1)
+    targets[np.argsort(-per_slot, kind="stable")[:extra]] += 1  # the roomiest packs take one more
+    return targets
+
+
+def _deal_by_room_per_slot(arr: np.ndarray, items: np.ndarray, bins: list[list[int]], room: list[int],
+                           targets: np.ndarray) -> list[int]:
+    """Longest first, each item into the pack with most room per open slot; returns those that did not fit."""
+    slots = targets - np.array([len(b) for b in bins])
+    heap = [(-room[b] / slots[b], b) for b in range(len(bins)) if slots[b] > 0]
+    heapq.heapify(heap)
+    overflow = []
+    for i in items[np.lexsort((items, -arr[items]))].tolist():
+        length = int(arr[i])
+        if not heap or room[heap[0][1]] < length:
+            overflow.append(i)
+            continue
+        b = heap[0][1]
+        bins[b].append(i)
+        room[b] -= length
+        slots[b] -= 1
+        if slots[b] > 0:
+            heapq.heapreplace(heap, (-room[b] / slots[b], b))
+        else:
+            heapq.heappop(heap)
+    return overflow
+
+
+def _place_fewest(arr: np.ndarray, items: list[int], bins: list[list[int]], room: list[int], max_len: int) -> None:
+    """Longest first, each item into the pack with fewest sequences that has room (ties: least room)."""
+    rooms = np.asarray(room, dtype=np.int64)
+    counts = np.array([len(b) for b in bins])
+    for i in sorted(items, key=lambda j: (-arr[j], j)):
+        length = int(arr[i])
+        pool = np.flatnonzero(rooms >= length)
+        if pool.size:
+            b = int(pool[np.lexsort((pool, rooms[pool], counts[pool]))[0]])
+        else:
+            b = len(bins)
+            bins.append([])
+            rooms, counts = np.append(rooms, max_len), np.append(counts, 0)
+        bins[b].append(i)
+        rooms[b] -= length
+        counts[b] += 1
 
 
 class _CapacityIndex:
@@ -260,14 +373,22 @@ def _improve_once(ranks: list[list[int]], cost: np.ndarray, loads: list[float], 
 
 def schedule_packs(packs: Sequence[Sequence[int]], lengths: Sequence[int], world_size: int,
                    packs_per_rank: int = 1, a: float = 1.0, b: float = 1 / 4096,
-                   seed: int = 0) -> list[list[list[int]]]:
+                   seed: int = 0, order: str = "cost") -> list[list[list[int]]]:
     """Step → rank → pack indices: cost-sorted consecutive steps, seeded step order, balanced ranks."""
     arr = np.asarray(lengths, dtype=np.int64)
     costs = np.array([pack_cost(arr[list(p)], a, b) for p in packs], dtype=np.float64)
-    order = np.lexsort((np.arange(costs.size), -costs))
     per_step = world_size * packs_per_rank
-    steps = [order[i:i + per_step] for i in range(0, order.size, per_step)]
-    full = len(steps) - (1 if order.size % per_step else 0)
+    if order == "in_order":  # pack k of a step goes to rank k % world_size, as a sequential sampler deals them
+        return [[list(range(s + r, min(s + per_step, len(packs)), world_size)) for r in range(world_size)]
+                for s in range(0, len(packs), per_step)]
+    if order == "random":
+        ranked = np.random.default_rng(seed).permutation(costs.size)
+    elif order == "cost":
+        ranked = np.lexsort((np.arange(costs.size), -costs))
+    else:
+        raise ValueError(f"unknown step order {order!r}; choose from {ORDERS}")
+    steps = [ranked[i:i + per_step] for i in range(0, ranked.size, per_step)]
+    full = len(steps) - (1 if ranked.size % per_step else 0)
     # Full steps in seeded random order; a short leftover step goes last, like a final partial
     # gradient-accumulation step, so every earlier step has exactly packs_per_rank per rank.
     schedule = []
