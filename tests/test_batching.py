@@ -37,9 +37,9 @@ def test_grouped_exactly_once_lockstep(cls, world, batch, ga):
         assert all(len(mb) >= 1 for r in per_rank for mb in r)
 
 
-def test_sorted_batches_are_consecutive_and_similar_length():
+def test_sorted_step_grouping_keeps_whole_steps_consecutive():
     lens = lengths(1000, 1)
-    sampler = SortedBatchSampler(lens, batch_size=8, world_size=2, seed=0)
+    sampler = SortedBatchSampler(lens, batch_size=8, world_size=2, seed=0, grouping="step")
     rank_of_sorted = np.empty(len(lens), dtype=np.int64)
     rank_of_sorted[np.lexsort((np.arange(len(lens)), lens))] = np.arange(len(lens))
     spreads = []
@@ -151,3 +151,48 @@ def test_epoch_rolls_over_without_stop_iteration():
     ref = SortedBatchSampler(lengths(), batch_size=4, world_size=2, rank=0, seed=0)
     ref.set_epoch(1)
     assert epoch1 == list(ref) and epoch1 != epoch0
+
+
+def sorted_positions(lens: np.ndarray) -> np.ndarray:
+    pos = np.empty(len(lens), dtype=np.int64)
+    pos[np.lexsort((np.arange(len(lens)), lens))] = np.arange(len(lens))
+    return pos
+
+
+def test_sorted_default_groups_one_micro_step_and_mixes_steps():
+    """Official grouping: each micro-step (all ranks) is a consecutive run of batch × world sorted
+    sequences; a step of GA micro-steps joins runs from all over the order."""
+    lens = lengths(1000, 1)
+    pos = sorted_positions(lens)
+    sampler = SortedBatchSampler(lens, batch_size=2, world_size=4, grad_accum=6, seed=0)
+    plan = sampler.epoch_plan(0)
+    spans, sizes = [], []
+    for step in plan:
+        runs = [np.sort(pos[[u[0] for rank in micro for u in rank]]) for micro in step]
+        assert all(np.all(np.diff(r) == 1) for r in runs)
+        sizes += [len(r) for r in runs]
+        spans.append(max(r[-1] for r in runs) - min(r[0] for r in runs))
+    assert sum(n != 8 for n in sizes) <= 1  # the leftover joins the shortest group (1000 % 48 = 40 here)
+    assert sorted(sizes)[-1] == 8 + 1000 % 48 and len(sizes) % 6 == 0
+    # whole steps would span < 48 positions; mixed steps span most of the order
+    assert np.median(spans) > len(lens) / 2
+    assert sorted(u[0] for step in plan for micro in step for rank in micro for u in rank) == list(range(len(lens)))
+    with pytest.raises(ValueError, match="grouping"):
+        SortedBatchSampler(lens, batch_size=2, grouping="bogus")
+
+
+@pytest.mark.parametrize("make", [
+    lambda w, r: SortedBatchSampler(lengths(), batch_size=3, world_size=w, rank=r, grad_accum=2, seed=1),
+    lambda w, r: SortedBatchSampler(lengths(), batch_size=3, world_size=w, rank=r, grad_accum=2, seed=1, grouping="step"),
+    lambda w, r: RandomBatchSampler(lengths(), batch_size=2, world_size=w, rank=r, grad_accum=3, seed=1),
+    lambda w, r: PackedBatchSampler(lengths(300, 2), max_len=2048, world_size=w, rank=r, packs_per_device=2,
+                                    grad_accum=2, seed=1),
+])
+def test_epoch_plan_is_what_every_rank_iterates(make):
+    world = 3
+    plan = make(world, 0).epoch_plan(1)
+    for rank in range(world):
+        sampler = make(world, rank)
+        sampler.set_epoch(1)
+        expected = [[i for unit in micro[rank] for i in unit] for step in plan for micro in step]
+        assert list(sampler) == expected

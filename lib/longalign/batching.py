@@ -10,17 +10,27 @@ API
 - ``RandomBatchSampler(lengths, batch_size, world_size=1, rank=0, seed=0, grad_accum=1)`` — naive
   batching: seeded permutation per epoch, cut into global batches of
   ``batch_size * world_size * grad_accum``.
-- ``SortedBatchSampler(...)`` (same arguments) — LongAlign's sorted batching: sort by length, cut
-  into consecutive global batches (cut from the long end, so the one short leftover batch holds
-  the shortest sequences; the official code drops the longest leftovers instead), shuffle batch
-  order per epoch (seeded).
-  For both: a global batch is dealt round-robin over its ``world_size * grad_accum`` micro-batch
-  slots (slot k → micro-step k // world_size, rank k % world_size), so ranks get similar lengths.
-  A leftover smaller than one item per slot is merged into the neighbouring (shortest) batch.
+- ``SortedBatchSampler(..., grouping="micro_step")`` (same arguments) — LongAlign's sorted
+  batching as the official code does it: sort by length, cut into consecutive groups of ONE
+  micro-step (``batch_size * world_size`` sequences; cut from the long end, so the one short
+  leftover group holds the shortest sequences — the official code drops it instead), shuffle the
+  groups per epoch (seeded), and let gradient accumulation put ``grad_accum`` consecutive groups
+  of that shuffled order in one optimizer step, so a step mixes lengths. The group count is a
+  multiple of ``grad_accum`` (the leftover shortest sequences join the shortest group), so every
+  step has ``grad_accum`` micro-steps. Group k's item j runs on rank j % world_size. ``grouping="step"``: the earlier
+  contract, whole optimizer steps of consecutive sorted sequences (steps all long or all short).
+  Naive and ``grouping="step"``: a global batch is dealt round-robin over its
+  ``world_size * grad_accum`` micro-batch slots (slot k → micro-step k // world_size, rank
+  k % world_size), so ranks get similar lengths.
+  A leftover smaller than one item per slot is merged into the neighbouring (shortest) group.
 - ``PackedBatchSampler(lengths, max_len, world_size=1, rank=0, packs_per_device=1, grad_accum=1,
-  seed=0, strategy="bfd", a=1.0, b=1/4096, yield_pack_ids=False)`` — packs once with
-  ``packing.pack`` (splitting a few packs so the count is a multiple of ``world_size``), then per
-  epoch ``packing.schedule_packs`` (attention-cost-balanced ranks, seeded step order) with
+  seed=0, strategy="equal_counts", a=1.0, b=1/4096, yield_pack_ids=False, order="cost")`` — packs
+  once with ``packing.pack`` (splitting a few packs so the count is a multiple of ``world_size``;
+  ``equal_counts`` packs hold about equally many sequences, so every step has about the same M and
+  Eq. 4's per-step 1/M keeps the data mixture over the epoch; ``strategy="bfd"`` is the earlier
+  default, whose cost-sorted steps put ~65 % of the epoch's weight on the 10 % long sequences of a
+  LongAlign-like mix), then per epoch ``packing.schedule_packs`` (``order="cost"``:
+  attention-cost-balanced ranks, seeded step order) with
   ``packs_per_rank = packs_per_device * grad_accum``; each rank's packs of a step are cut into
   micro-batches of ``packs_per_device`` packs (heaviest first). Yields the sequence indices of the
   micro-batch's packs (or ``(index, pack_id)`` pairs with ``yield_pack_ids=True``, to be read
@@ -32,7 +42,9 @@ API
   (tokenized records all have >= 1 target, so sequences = M). The micro-batches of a step are the
   next ``micro_batches / world_size`` this rank yields; full steps have ``grad_accum`` of them, a
   shorter leftover step comes last.
-- Common: ``set_epoch(epoch)``, ``state_dict()`` / ``load_state_dict(state)`` (``epoch`` and
+- Common: ``epoch_plan(epoch)`` — every rank's work of an epoch: step → micro-step → rank → units
+  (a unit is a pack's sequence indices, or ``[i]`` for one padded row), what
+  ``longalign.weighting.epoch_weights`` and ``longalign.simulate`` read; ``set_epoch(epoch)``, ``state_dict()`` / ``load_state_dict(state)`` (``epoch`` and
   ``position`` = micro-batches already consumed in that epoch; iteration resumes after them),
   ``__len__`` (micro-batches per rank per epoch), ``num_micro_batches_per_step``.
 - ``WithPackIds(dataset)`` — dataset wrapper: ``ds[(i, pack_id)]`` is ``ds[i]`` plus ``pack_id``.
@@ -79,6 +91,10 @@ class _EpochBatchSampler:
     def _plan(self, epoch: int) -> list[list[Any]]:
         raise NotImplementedError
 
+    def epoch_plan(self, epoch: int) -> list[list[list[list[list[int]]]]]:
+        """Step → micro-step → rank → units (lists of sequence indices) of an epoch, all ranks."""
+        raise NotImplementedError
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration yields (restarts at its beginning)."""
         if epoch != self.epoch:
@@ -107,10 +123,10 @@ class _EpochBatchSampler:
         return len(self._plan(self.epoch))
 
 
-def _deal(group: np.ndarray, world_size: int, grad_accum: int, rank: int) -> list[list[int]]:
-    """This rank's micro-batches of one global batch: item j goes to slot j % (W·GA)."""
+def _deal(group: np.ndarray, world_size: int, grad_accum: int) -> list[list[list[int]]]:
+    """Micro-step → rank → indices of one global batch: item j goes to slot j % (W·GA)."""
     slots = world_size * grad_accum
-    return [group[m * world_size + rank::slots].tolist() for m in range(grad_accum)]
+    return [[group[m * world_size + r::slots].tolist() for r in range(world_size)] for m in range(grad_accum)]
 
 
 def _cut_groups(order: np.ndarray, size: int, min_size: int) -> list[np.ndarray]:
@@ -128,6 +144,17 @@ def _cut_groups(order: np.ndarray, size: int, min_size: int) -> list[np.ndarray]
     return [order[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
 
 
+def _cut_groups_multiple(order: np.ndarray, size: int, multiple: int) -> list[np.ndarray]:
+    """Groups of ``size`` cut from the END of ``order``, as many as a multiple of ``multiple`` allows;
+    the rest (the start of ``order``, the shortest sequences) joins the first group, so every
+    optimizer step gets exactly ``multiple`` groups."""
+    n_groups = order.size // size // multiple * multiple
+    start = order.size - n_groups * size
+    groups = [order[start + k * size:start + (k + 1) * size] for k in range(n_groups)]
+    groups[0] = order[:start + size]
+    return groups
+
+
 class _GroupedBatchSampler(_EpochBatchSampler):
     """Global batches (an ordering cut into groups) dealt over ranks and GA micro-steps."""
 
@@ -142,14 +169,19 @@ class _GroupedBatchSampler(_EpochBatchSampler):
     def _groups(self, epoch: int) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def epoch_plan(self, epoch: int) -> list[list[list[list[list[int]]]]]:
+        """Step → micro-step → rank → units (one ``[i]`` per padded row)."""
+        return [[[[[i] for i in rank] for rank in micro] for micro in _deal(g, self.world_size, self.grad_accum)]
+                for g in self._groups(epoch)]
+
     def _plan(self, epoch: int) -> list[list[int]]:
         if self._cache is None or self._cache[0] != epoch:
-            plan = [mb for g in self._groups(epoch) for mb in _deal(g, self.world_size, self.grad_accum, self.rank)]
+            plan = [[u[0] for u in micro[self.rank]] for step in self.epoch_plan(epoch) for micro in step]
             self._cache = (epoch, plan)
         return self._cache[1]
 
     def global_batches(self, epoch: int) -> list[np.ndarray]:
-        """All global batches of an epoch in order (every index once), for inspection and tests."""
+        """All global batches (one per optimizer step) of an epoch in order (every index once)."""
         return self._groups(epoch)
 
 
@@ -163,27 +195,57 @@ class RandomBatchSampler(_GroupedBatchSampler):
 
 
 class SortedBatchSampler(_GroupedBatchSampler):
-    """Sorted batching: length-sorted consecutive global batches in a seeded random order per epoch."""
+    """Sorted batching: length-sorted consecutive groups (one micro-step each, or one whole step)
+    in a seeded random order per epoch."""
 
-    def _groups(self, epoch: int) -> list[np.ndarray]:
+    GROUPINGS = ("micro_step", "step")
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, world_size: int = 1, rank: int = 0,
+                 seed: int = 0, grad_accum: int = 1, grouping: str = "micro_step"):
+        if grouping not in self.GROUPINGS:
+            raise ValueError(f"unknown grouping {grouping!r}; choose from {self.GROUPINGS}")
+        super().__init__(lengths, batch_size, world_size, rank, seed, grad_accum)
+        self.grouping = grouping
+
+    def _sorted_groups(self, epoch: int, per_group: int, multiple: int = 1) -> list[np.ndarray]:
         order = np.lexsort((np.arange(self.lengths.size), self.lengths))  # by length, ties by index
-        slots = self.world_size * self.grad_accum
-        groups = _cut_groups(order, self.batch_size * slots, slots)
+        size = self.batch_size * per_group
+        if order.size // size >= multiple > 1:
+            groups = _cut_groups_multiple(order, size, multiple)
+        else:
+            groups = _cut_groups(order, size, per_group)
         perm = np.random.default_rng([self.seed, epoch]).permutation(len(groups))
         return [groups[k] for k in perm]
+
+    def _micro_groups(self, epoch: int) -> list[list[np.ndarray]]:
+        """Step → its micro-step groups: GA consecutive groups of the shuffled order."""
+        groups = self._sorted_groups(epoch, self.world_size, self.grad_accum)
+        return [groups[k:k + self.grad_accum] for k in range(0, len(groups), self.grad_accum)]
+
+    def _groups(self, epoch: int) -> list[np.ndarray]:
+        if self.grouping == "step":
+            return self._sorted_groups(epoch, self.world_size * self.grad_accum)
+        return [np.concatenate(step) for step in self._micro_groups(epoch)]
+
+    def epoch_plan(self, epoch: int) -> list[list[list[list[list[int]]]]]:
+        """Step → micro-step → rank → units; with ``micro_step`` grouping item j of a group runs on rank j % W."""
+        if self.grouping == "step":
+            return super().epoch_plan(epoch)
+        w = self.world_size
+        return [[[[[i] for i in g[r::w].tolist()] for r in range(w)] for g in step] for step in self._micro_groups(epoch)]
 
 
 class PackedBatchSampler(_EpochBatchSampler):
     """Packing: fixed packs, attention-cost-balanced per-step rank schedule reshuffled per epoch."""
 
     def __init__(self, lengths: Sequence[int], max_len: int, world_size: int = 1, rank: int = 0,
-                 packs_per_device: int = 1, grad_accum: int = 1, seed: int = 0, strategy: str = "bfd",
-                 a: float = 1.0, b: float = 1 / 4096, yield_pack_ids: bool = False):
+                 packs_per_device: int = 1, grad_accum: int = 1, seed: int = 0, strategy: str = "equal_counts",
+                 a: float = 1.0, b: float = 1 / 4096, yield_pack_ids: bool = False, order: str = "cost"):
         super().__init__(world_size, rank, seed)
-        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.lengths, self.max_len = np.asarray(lengths, dtype=np.int64), max_len
         self.packs_per_device, self.grad_accum = packs_per_device, grad_accum
         self.num_micro_batches_per_step = grad_accum
-        self.a, self.b, self.yield_pack_ids = a, b, yield_pack_ids
+        self.a, self.b, self.yield_pack_ids, self.order = a, b, yield_pack_ids, order
         self.packs = split_packs_to_multiple(pack(self.lengths, max_len, strategy), self.lengths, world_size)
         self._cache: tuple[int, list[list[Any]]] | None = None
 
@@ -191,11 +253,20 @@ class PackedBatchSampler(_EpochBatchSampler):
         """Step → rank → pack ids for an epoch."""
         seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
         return schedule_packs(self.packs, self.lengths, self.world_size,
-                              self.packs_per_device * self.grad_accum, self.a, self.b, seed=seed)
+                              self.packs_per_device * self.grad_accum, self.a, self.b, seed=seed, order=self.order)
 
     def schedule(self, epoch: int) -> list[list[list[list[int]]]]:
         """Step → rank → packs (each a list of sequence indices) for an epoch."""
         return [[[self.packs[p] for p in rank] for rank in step] for step in self._steps(epoch)]
+
+    def epoch_plan(self, epoch: int) -> list[list[list[list[list[int]]]]]:
+        """Step → micro-step → rank → packs (lists of sequence indices) of an epoch."""
+        ppd, plan = self.packs_per_device, []
+        for step in self._steps(epoch):
+            n_micro = -(-max(len(r) for r in step) // ppd)
+            plan.append([[[self.packs[p] for p in rank[m * ppd:(m + 1) * ppd]] for rank in step]
+                         for m in range(n_micro)])
+        return plan
 
     def step_totals(self, epoch: int) -> list[dict[str, int]]:
         """Per optimizer step, over all ranks: ``micro_batches`` (GA steps × world_size), ``packs`` (K)

@@ -109,6 +109,8 @@ class TrainConfig:
     sync_micro_steps: bool = True  # with explicit_sync: ranks meet after each micro-step (like ZeRO-3)
     use_cpu: bool = False
     ce_chunk_size: int = CE_CHUNK_SIZE  # > 0: chunked cross-entropy from hidden states (no [T, V] logits); 0: full logits
+    equal_pack_counts: bool = True  # packing*: BFD's pack count with ~equal sequences per pack (keeps the data mixture)
+    sorted_grouping: str = "micro_step"  # sorted: shuffled groups of one micro-step (official) | "step" (whole steps)
 
     def name(self) -> str:
         """The run name: ``output_name`` or ``{method}-seed{seed}``."""
@@ -280,15 +282,23 @@ def _gathered(param: torch.nn.Parameter):
 # ----------------------------------------------------------------------------- batching
 
 def batch_sampler(lengths: list[int], cfg: TrainConfig, world_size: int, rank: int):
-    """This rank's micro-batch sampler for the method (core ``batching``; deterministic per seed/epoch)."""
+    """This rank's micro-batch sampler for the method (core ``batching``; deterministic per seed/epoch).
+
+    Packed methods other than pretraining use ``equal_counts`` packs when ``pack_strategy`` is
+    "bfd" and ``equal_pack_counts`` is on: Eq. 4 divides each step by its own M, so steps of very
+    different M would reweight the data mixture over the epoch (``longalign.weighting``).
+    """
     from longalign import batching
 
     common = dict(world_size=world_size, rank=rank, seed=cfg.seed, grad_accum=cfg.grad_accum)
     if cfg.method in PACKED_METHODS:
+        even = cfg.equal_pack_counts and cfg.pack_strategy == "bfd" and cfg.method != "pretrain"
         return batching.PackedBatchSampler(lengths, cfg.max_len, packs_per_device=cfg.per_device_batch,
-                                           strategy=cfg.pack_strategy, yield_pack_ids=True, **common)
-    cls = batching.RandomBatchSampler if cfg.method == "naive" else batching.SortedBatchSampler
-    return cls(lengths, cfg.per_device_batch, **common)
+                                           strategy="equal_counts" if even else cfg.pack_strategy,
+                                           yield_pack_ids=True, **common)
+    if cfg.method == "naive":
+        return batching.RandomBatchSampler(lengths, cfg.per_device_batch, **common)
+    return batching.SortedBatchSampler(lengths, cfg.per_device_batch, grouping=cfg.sorted_grouping, **common)
 
 
 def collate_micro_batch(features: list[dict], packed: bool, pad_id: int) -> dict[str, Any]:
