@@ -6,6 +6,12 @@ target tokens in sequence i, a sequence's share of the loss is
   Eq. 3:  N_i / (K · Σ_{j∈pack(i)} N_j)         (favours long answers and sparsely filled packs)
   Eq. 4:  K/(N_i M) per token × N_i tokens / K  = 1/M  (restores Eq. 2)
 :func:`losses_three_ways` evaluates all three on a real model, Eq. 2 from separate unpacked runs.
+
+Over an epoch the per-step objectives add up: each step divides by its OWN M (or K), so sequence i
+of step s weighs 1/M_s (Eq. 2 / 4, naive and sorted batching: per-sequence mean per step) or
+N_i / (K_s · N_pack(i)) (Eq. 3). :func:`epoch_weights` computes that vector from a sampler's
+``epoch_plan`` and :func:`weight_share` the share of it that falls on a subset (e.g. the long
+sequences); with equal M in every step it equals the subset's share of the data.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -76,3 +83,38 @@ def losses_three_ways(model, features: Sequence[dict[str, list[int]]], packs: Se
         eq4 = eq4 + packed_loss(logits, b["labels"], b["loss_weights"].to(logits.dtype), len(batches), m) / len(batches)
     return {"eq2_unpacked": float(eq2), "eq3_packed": float(eq3), "eq4_packed_weighted": float(eq4),
             "abs_diff_eq4_eq2": abs(float(eq4 - eq2)), "abs_diff_eq3_eq2": abs(float(eq3 - eq2))}
+
+
+OBJECTIVES = ("sequence", "pack")
+
+
+def epoch_weights(plan: Sequence, lengths: Sequence[int], objective: str = "sequence",
+                  num_targets: Sequence[int] | None = None) -> np.ndarray:
+    """Each sequence's total loss weight over an epoch, from a sampler's ``epoch_plan`` (sums to #steps).
+
+    ``plan``: step → micro-step → rank → units (packs, or ``[i]`` rows). ``objective="sequence"``
+    (Eq. 2 / Eq. 4, naive, sorted): 1/M_s, M_s = sequences of the step with >= 1 target;
+    ``"pack"`` (Eq. 3): N_i / (K_s · N_pack), K_s = packs of the step. ``num_targets`` (N_i, target
+    tokens per sequence) defaults to ``lengths``.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
+    targets = np.asarray(lengths if num_targets is None else num_targets, dtype=np.float64)
+    w = np.zeros(targets.size)
+    for step in plan:
+        units = [np.asarray(u, dtype=np.int64) for micro in step for rank in micro for u in rank]
+        if objective == "sequence":
+            idx = np.concatenate(units) if units else np.zeros(0, dtype=np.int64)
+            m = int((targets[idx] > 0).sum())
+            w[idx] += (targets[idx] > 0) / max(m, 1)
+        else:
+            for u in units:
+                w[u] += targets[u] / max(targets[u].sum(), 1.0) / len(units)
+    return w
+
+
+def weight_share(weights: np.ndarray, subset: np.ndarray) -> float:
+    """Share of the epoch's total weight that falls on ``subset`` (a boolean mask or indices)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    total = weights.sum()
+    return float(weights[subset].sum() / total) if total > 0 else 0.0
