@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from longalign.weighting import epoch_weights, weight_share
+from longalign.weighting import epoch_weights, long_rows, weight_share
 
 
 def test_sequence_objective_divides_each_step_by_its_own_m():
@@ -25,3 +25,8 @@ def test_pack_objective_is_eq3():
     assert epoch_weights(plan, [1, 3, 4], objective="pack").tolist() == pytest.approx(w.tolist())  # N defaults to L
     with pytest.raises(ValueError, match="objective"):
         epoch_weights(plan, [1, 3, 4], objective="token")
+
+
+def test_long_rows_reads_meta_kind():
+    metas = ['{"kind": "long", "suite": "long10"}', {"kind": "short"}, "{}", None]
+    assert long_rows(metas).tolist() == [True, False, False, False]

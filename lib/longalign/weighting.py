@@ -16,6 +16,7 @@ sequences); with equal M in every step it equals the subset's share of the data.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -118,3 +119,8 @@ def weight_share(weights: np.ndarray, subset: np.ndarray) -> float:
     weights = np.asarray(weights, dtype=np.float64)
     total = weights.sum()
     return float(weights[subset].sum() / total) if total > 0 else 0.0
+
+
+def long_rows(metas: Sequence[str | dict]) -> np.ndarray:
+    """Mask of the rows whose ``meta`` (dict or JSON text, as tokenized datasets store it) has kind "long"."""
+    return np.array([(json.loads(m) if isinstance(m, str) else (m or {})).get("kind") == "long" for m in metas], dtype=bool)
