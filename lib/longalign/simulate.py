@@ -306,29 +306,33 @@ def _epoch_runs(lengths, b: float, world_size: int, seed: int) -> dict[str, SimR
                                grad_accum=PAPER_SETTINGS[m][1], b=b, seed=seed) for m in ("naive", "sorted", "packing")}
 
 
+def _hours(runs: dict[str, SimResult], a_seconds: float, micro: float, step: float, epochs: int) -> dict[str, float]:
+    """Hours per method for ``epochs`` epochs, with fixed costs per micro-step and per step (units of a)."""
+    return {m: (r.total_time + r.micro_steps * micro + r.steps * step) * a_seconds * epochs / 3600
+            for m, r in runs.items()}
+
+
 def fig5_calibration(lengths=None, model: str = "Llama-2-7B-64k", world_size: int = 8, seed: int = 0,
                      epochs: int = 2) -> pd.DataFrame:
-    """Simulated vs paper Fig. 5 (time relative to naive, and hours) with and without documented overheads.
+    """Simulated vs paper Fig. 5 (hours and time relative to naive) with and without documented overheads.
 
     Rows: compute only; + ``paper_overheads``; the paper's measurement; and the per-step overhead
-    (seconds) that would make the simulated naive/packing ratio equal the paper's, for comparison
-    with the documented one.
+    (column ``step_overhead_s``) that would make the simulated naive/packing ratio equal the
+    paper's, for comparison with the documented one.
     """
     lengths = longalign_length_mix(seed=seed) if lengths is None else np.asarray(lengths)
     oh = paper_overheads(model, world_size)
-    runs = _epoch_runs(lengths, oh["b"], world_size, seed)
-    hours = lambda r, micro, step: (r.total_time + r.micro_steps * micro + r.steps * step) * oh["a_seconds"] * epochs / 3600  # noqa: E731
-    rows = {"simulator, compute only": {m: hours(r, 0, 0) for m, r in runs.items()},
-            "simulator + documented overheads": {m: hours(r, oh["micro_overhead"], oh["step_overhead"]) for m, r in runs.items()},
-            f"paper Fig. 5, {model}": dict(PAPER_FIG5_HOURS[model])}
+    runs, a_s = _epoch_runs(lengths, oh["b"], world_size, seed), oh["a_seconds"]
     target = PAPER_FIG5_HOURS[model]["naive"] / PAPER_FIG5_HOURS[model]["packing"]
-    n, p = runs["naive"], runs["packing"]
     base = {m: r.total_time + r.micro_steps * oh["micro_overhead"] for m, r in runs.items()}
-    need = (base["naive"] - target * base["packing"]) / (target * p.steps - n.steps)
-    rows["simulator + overhead fitted to the paper's naive/packing"] = {m: hours(r, oh["micro_overhead"], need) for m, r in runs.items()}
+    need = (base["naive"] - target * base["packing"]) / (target * runs["packing"].steps - runs["naive"].steps)
+    rows = {"simulator, compute only": _hours(runs, a_s, 0.0, 0.0, epochs),
+            "simulator + documented overheads": _hours(runs, a_s, oh["micro_overhead"], oh["step_overhead"], epochs),
+            f"paper Fig. 5, {model}": dict(PAPER_FIG5_HOURS[model]),
+            "simulator + overhead fitted to the paper's naive/packing": _hours(runs, a_s, oh["micro_overhead"], need, epochs)}
     out = pd.DataFrame(rows).T[["naive", "sorted", "packing"]].rename(columns=lambda c: f"{c}_hours")
     for m in ("sorted", "packing"):
         out[f"{m}_relative"] = out[f"{m}_hours"] / out["naive_hours"]
     out["naive_over_packing"] = out["naive_hours"] / out["packing_hours"]
-    out["step_overhead_s"] = [0.0, oh["step_s"], float("nan"), need * oh["a_seconds"]]
+    out["step_overhead_s"] = [0.0, oh["step_s"], float("nan"), need * a_s]
     return out
