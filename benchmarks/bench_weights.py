@@ -25,8 +25,14 @@ def run(quick: bool) -> dict:
     mix = simulate.longalign_length_mix(n_long=n_long, n_short=n_short, seed=0)
     table = simulate.weight_share_table(mix, mix >= 8_192, b=B)
     ours = table.loc["packing_weighted"]
-    details = {name: {k: None if math.isnan(v) else round(float(v), 5) for k, v in row.items() if k != "description"}
-               for name, row in table.iterrows()}  # NaN (no packs: no fill) is not JSON
+    details = {name: {k: _jsonable(v) for k, v in row.items() if k != "description"} for name, row in table.iterrows()}
     return result("long_weight_share", float(ours["long_share"]), float(ours["data_share"]),
                   "≤ 1.10", "share", abs(ours["ratio"] - 1) <= 0.10 and ours["fill"] <= 1.01,
                   sequences=int(mix.size), schedules=details)
+
+
+def _jsonable(v):
+    """Numbers rounded, NaN (no packs: no fill) as None, text as is."""
+    if isinstance(v, str):
+        return v
+    return None if math.isnan(v) else round(float(v), 5)

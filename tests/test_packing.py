@@ -180,6 +180,13 @@ def test_equal_counts_levels_sequences_per_pack_at_bfd_fill():
     assert np.mean(np.abs(bfd_counts - mean) <= 1) < 0.2
 
 
+@pytest.mark.parametrize("seed", range(24))
+def test_equal_counts_never_needs_much_more_than_bfd(seed):
+    lengths, max_len = random_case(seed)
+    n_bfd = len(pack(lengths, max_len, "bfd"))
+    assert len(pack(lengths, max_len, "equal_counts")) <= max(n_bfd + 2, int(n_bfd * 1.01))
+
+
 @pytest.mark.parametrize("order", ["random", "in_order"])
 def test_schedule_orders_use_every_pack_once(order):
     lengths = longalign_mix(100, 900, seed=5)

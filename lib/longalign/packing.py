@@ -98,30 +98,39 @@ def _next_fit(arr: np.ndarray, max_len: int) -> list[list[int]]:
     return packs
 
 
-EQUAL_COUNTS_SLACK = 0.002  # extra packs (fraction of BFD's count) when the first try leaves sequences over
+EQUAL_COUNTS_SLACK = 0.002  # packs added per retry (fraction of the count) when a try leaves sequences over
+EQUAL_COUNTS_MAX_FILL = 1.01  # at most 1 % (or 2 packs) more than BFD: beyond that, BFD's packs are returned
 
 
 def _equal_counts(arr: np.ndarray, max_len: int) -> list[list[int]]:
-    """About n / packs sequences in every pack, with BFD's pack count (or 0.2 % more when needed).
+    """About n / packs sequences in every pack, with BFD's pack count (or a few more).
 
     Sequences longer than the mean room per sequence are spread worst-fit-decreasing (each into the
     pack with most room left), so room stays in every pack. The shorter ones follow, longest first,
     each into the pack with most room per still-open sequence slot: packs with little room are left
-    for the shortest sequences. A pack count that leaves sequences over is retried with the slack.
+    for the shortest sequences. A pack count that leaves sequences over is retried with more packs,
+    up to 1 % (or 2 packs) more than BFD; inputs of a few distinct lengths that BFD pairs exactly
+    are retried taking exact fits first, and if that fails too BFD's packs are kept.
     """
     if arr.size == 0:
         return []
-    n_bfd = len(_bfd(arr, max_len, np.arange(arr.size)))
-    packs, opened = _equal_counts_into(arr, max_len, n_bfd)
-    if opened:
-        packs, _ = _equal_counts_into(arr, max_len, n_bfd + max(1, int(np.ceil(n_bfd * EQUAL_COUNTS_SLACK))))
-    return packs
+    bfd = _bfd(arr, max_len, np.arange(arr.size))
+    limit = max(len(bfd) + 2, int(len(bfd) * EQUAL_COUNTS_MAX_FILL))
+    for exact_first in (False, True):
+        n_packs = len(bfd)
+        while n_packs <= limit:
+            packs, opened = _equal_counts_into(arr, max_len, n_packs, exact_first)
+            if not opened:
+                return packs
+            n_packs = max(len(packs), n_packs + int(np.ceil(n_packs * EQUAL_COUNTS_SLACK)))
+    return bfd
 
 
-def _equal_counts_into(arr: np.ndarray, max_len: int, n_packs: int) -> tuple[list[list[int]], int]:
+def _equal_counts_into(arr: np.ndarray, max_len: int, n_packs: int,
+                       exact_first: bool) -> tuple[list[list[int]], int]:
     """One try at ``n_packs`` packs; also returns how many packs had to be opened beyond them."""
     big = arr > max_len * n_packs / arr.size
-    bins, room = _spread_worst_fit(arr, np.flatnonzero(big), max_len, n_packs)
+    bins, room = _spread_worst_fit(arr, np.flatnonzero(big), max_len, n_packs, exact_first)
     targets = _count_targets(np.array([len(b) for b in bins]), room, arr.size)
     overflow = _deal_by_room_per_slot(arr, np.flatnonzero(~big), bins, room, targets)
     before = len(bins)
@@ -129,23 +138,25 @@ def _equal_counts_into(arr: np.ndarray, max_len: int, n_packs: int) -> tuple[lis
     return [sorted(b) for b in bins if b], len(bins) - max(before, n_packs)
 
 
-def _spread_worst_fit(arr: np.ndarray, items: np.ndarray, max_len: int,
-                      n_packs: int) -> tuple[list[list[int]], list[int]]:
-    """Items (longest first) each into the pack with most room; a new pack when even that is too small."""
+def _spread_worst_fit(arr: np.ndarray, items: np.ndarray, max_len: int, n_packs: int,
+                      exact_first: bool = False) -> tuple[list[list[int]], list[int]]:
+    """Items (longest first) each into the pack with most room (or, with ``exact_first``, one it
+    fills exactly); a new pack when none has room."""
     bins: list[list[int]] = [[] for _ in range(n_packs)]
     room = [max_len] * n_packs
-    heap = [(-max_len, b) for b in range(n_packs)]
+    keys = [(max_len, b) for b in range(n_packs)]  # (room, pack), ascending
     for i in items[np.lexsort((items, -arr[items]))].tolist():
         length = int(arr[i])
-        if -heap[0][0] < length:  # even the roomiest pack is too small: open one
-            bins.append([i])
-            room.append(max_len - length)
-            heapq.heappush(heap, (-room[-1], len(bins) - 1))
-            continue
-        b = heap[0][1]
+        k = bisect.bisect_left(keys, (length, -1))  # the tightest pack it fits
+        if k == len(keys):
+            bins.append([])
+            room.append(max_len)
+            b = len(bins) - 1
+        else:
+            _, b = keys.pop(k if exact_first and keys[k][0] == length else len(keys) - 1)
         bins[b].append(i)
         room[b] -= length
-        heapq.heapreplace(heap, (-room[b], b))
+        bisect.insort(keys, (room[b], b))
     return bins, room
 
 

@@ -266,17 +266,25 @@ def weight_share_table(lengths, is_long, world_size: int = 8, *, max_len: int = 
     """One row per schedule (``SCHEDULES``): long-sequence weight share vs data share, fill, idle.
 
     ``settings``: method → (sequences or packs per device, gradient accumulation); default the paper's.
+    A schedule the data cannot fill (e.g. fewer packs than ranks) is kept as a row whose ``skipped``
+    column says why.
     """
     settings = {**PAPER_SETTINGS, **(settings or {})}
     lengths = _check(lengths, max_len)
-    rows = []
+    rows, samplers = [], {}
     for name in schedules:
         method, options, objective = SCHEDULES[name]
         pb, ga = settings[method]
-        sampler = method_sampler(lengths, method, world_size, per_device_batch=pb, grad_accum=ga, max_len=max_len,
-                                 a=a, b=b, seed=seed, **options)
-        rows.append({"schedule": name, "description": SCHEDULE_LABELS[name],
-                     **schedule_report(sampler, lengths, is_long, objective, num_targets, a, b)})
+        key = (method, tuple(sorted(options.items())))  # packing and packing_weighted share one schedule
+        row = {"schedule": name, "description": SCHEDULE_LABELS[name], "skipped": ""}
+        try:
+            if key not in samplers:
+                samplers[key] = method_sampler(lengths, method, world_size, per_device_batch=pb, grad_accum=ga,
+                                               max_len=max_len, a=a, b=b, seed=seed, **options)
+            row.update(schedule_report(samplers[key], lengths, is_long, objective, num_targets, a, b))
+        except ValueError as err:  # too little data for this many ranks: report, do not fail the table
+            row["skipped"] = str(err)
+        rows.append(row)
     return pd.DataFrame(rows).set_index("schedule")
 
 
