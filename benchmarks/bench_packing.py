@@ -35,6 +35,7 @@ def run(quick: bool) -> dict:
         "packs / lower bound", ours <= 1.001 and bfd_1m <= 2.0,
         n_sequences=int(mix.size), lower_bound=packing.lower_bound(mix, CAPACITY),
         fill_bfd=fills["bfd"][0], fill_bfd_chunked_1000=fills["bfd_chunked"][0], fill_next_fit=fills["next_fit"][0],
+        fill_equal_counts=fills["equal_counts"][0],  # the samplers' default: equal sequences per pack
         seconds_100k={s: round(v[1], 3) for s, v in fills.items()},
         seconds_1M_median={k: round(median(v), 3) for k, v in times.items()},
         fill_1M_bfd=_fill(big, "bfd")[0], repeats=repeats,

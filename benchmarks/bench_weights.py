@@ -1,4 +1,4 @@
-"""Target 6 — the data mixture over an epoch: long sequences' share of the epoch's loss weight.
+"""Data mixture over an epoch: long sequences' share of the epoch's loss weight.
 
 Eq. 4 is exact per optimizer step, but each step divides by its own sequence count M, so sequence i
 of step s weighs 1/M_s over the epoch (``longalign.weighting.epoch_weights``). On the LongAlign-like

@@ -17,8 +17,9 @@ API
   groups per epoch (seeded), and let gradient accumulation put ``grad_accum`` consecutive groups
   of that shuffled order in one optimizer step, so a step mixes lengths. The group count is a
   multiple of ``grad_accum`` (the leftover shortest sequences join the shortest group), so every
-  step has ``grad_accum`` micro-steps. Group k's item j runs on rank j % world_size. ``grouping="step"``: the earlier
-  contract, whole optimizer steps of consecutive sorted sequences (steps all long or all short).
+  step has ``grad_accum`` micro-steps. Group k's item j runs on rank j % world_size.
+  ``grouping="step"``: the earlier contract, whole optimizer steps of consecutive sorted sequences
+  (steps all long or all short).
   Naive and ``grouping="step"``: a global batch is dealt round-robin over its
   ``world_size * grad_accum`` micro-batch slots (slot k → micro-step k // world_size, rank
   k % world_size), so ranks get similar lengths.
@@ -44,7 +45,8 @@ API
   shorter leftover step comes last.
 - Common: ``epoch_plan(epoch)`` — every rank's work of an epoch: step → micro-step → rank → units
   (a unit is a pack's sequence indices, or ``[i]`` for one padded row), what
-  ``longalign.weighting.epoch_weights`` and ``longalign.simulate`` read; ``set_epoch(epoch)``, ``state_dict()`` / ``load_state_dict(state)`` (``epoch`` and
+  ``longalign.weighting.epoch_weights`` and ``longalign.simulate`` read; ``set_epoch(epoch)``,
+  ``state_dict()`` / ``load_state_dict(state)`` (``epoch`` and
   ``position`` = micro-batches already consumed in that epoch; iteration resumes after them),
   ``__len__`` (micro-batches per rank per epoch), ``num_micro_batches_per_step``.
 - ``WithPackIds(dataset)`` — dataset wrapper: ``ds[(i, pack_id)]`` is ``ds[i]`` plus ``pack_id``.
