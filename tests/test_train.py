@@ -153,3 +153,20 @@ def test_notebook03_configs(tmp_path):
     assert (cfgs[0].per_device_batch, cfgs[0].grad_accum) == (1, 12)
     assert (cfgs[1].per_device_batch, cfgs[1].grad_accum) == (2, 1)
     assert cfgs[-1].data[0].endswith("mix-long0.jsonl")
+
+
+def test_packing_is_refused_for_chatglm_before_any_loading(tmp_path, outputs):
+    """ChatGLM's remote code attends across packed sequences: packed methods stop with a message; naive may run."""
+    from longalign.train import check_packing_supported
+
+    folder = tmp_path / "chatglm3-6b"  # config.json only: reaching the tokenizer or model would fail differently
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "chatglm", "architectures": ["ChatGLMModel"], "auto_map": '
+                                        '{"AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration"}}')
+    for method in ("packing", "packing_weighted", "pretrain"):
+        with pytest.raises(ValueError, match=r"packing is refused for .*chatglm3-6b.*'chatglm'.*attend to each other"
+                                             r".*'naive' or 'sorted'.*LongAlign-7B-64k-base"):
+            run_training(TrainConfig(method=method, model=str(folder), data=[str(folder / "config.json")]))
+    check_packing_supported(TrainConfig(method="sorted", model=str(folder)))
+    (folder / "config.json").write_text('{"model_type": "llama"}')  # a native architecture packs exactly
+    check_packing_supported(TrainConfig(method="packing_weighted", model=str(folder)))

@@ -70,9 +70,9 @@ def initial_model() -> torch.nn.Module:
     return models.tiny_llama(conf, seed=0, dtype=torch.float64, attn_implementation="sdpa")
 
 
-def reference_gradient(ds: datasets.Dataset) -> dict[str, torch.Tensor]:
-    """Eq. 2 by hand: mean over sequences of each sequence's own mean target CE, unpacked."""
-    model = initial_model()
+def reference_gradient(ds: datasets.Dataset, model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Eq. 2 by hand: mean over sequences of each sequence's own mean target CE, unpacked (default: initial_model())."""
+    model = model if model is not None else initial_model()
     losses = []
     for row in ds:
         ids = torch.tensor([row["input_ids"]])
@@ -83,11 +83,11 @@ def reference_gradient(ds: datasets.Dataset) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
-def update_from_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """θ0 − θ1 of the trained checkpoint (= the gradient under SGD with lr 1)."""
-    before = dict(initial_model().named_parameters())
+def update_from_checkpoint(path: Path, start: torch.nn.Module | None = None, lr: float = 1.0) -> dict[str, torch.Tensor]:
+    """(θ0 − θ1) / lr of the trained checkpoint (= the gradient under SGD); θ0 defaults to initial_model()."""
+    before = dict((start if start is not None else initial_model()).named_parameters())
     after = dict(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64).named_parameters())
-    return {n: (before[n] - after[n]).detach() for n in before}
+    return {n: (before[n] - after[n]).detach() / lr for n in before}
 
 
 def relative_error(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -147,8 +147,8 @@ def target_weights(batch: dict[str, Any], valid: torch.Tensor, dtype: torch.dtyp
     Label t+1 is predicted from position t; the collators already set the first label of every
     sequence to -100, so nothing is predicted across a pack boundary.
     """
-    # the collator stores 1/N_i in float32; recover the integer N_i so float64 runs stay exact
-    n_i = torch.round(1.0 / batch["loss_weights"][:, 1:][valid].double())
+    # integer N_i, not the collator's float 1/N_i: under DeepSpeed, Trainer casts float inputs to bf16
+    n_i = batch["target_counts"][:, 1:][valid].double()
     weights = {"ce": torch.ones_like(n_i, dtype=dtype), "seq": (1.0 / n_i).to(dtype)}
     if "pack_ids" in batch:  # Eq. 3: every pack's token mean
         pack = batch["pack_ids"][:, 1:][valid]
@@ -295,9 +295,12 @@ def collate_micro_batch(features: list[dict], packed: bool, pad_id: int) -> dict
     """Core collators: packed ``[1, T]`` plus per-token ``pack_ids`` (for Eq. 3), or padded ``[B, T]``."""
     from longalign import collate
 
+    make = collate.PackingCollator(pad_token_id=pad_id) if packed else collate.PaddingCollator(pad_token_id=pad_id)
+    batch = make(features)
+    # no float tensor may reach Trainer: under DeepSpeed it casts them to bf16 (weights come from target_counts)
+    batch.pop("loss_weights")
     if not packed:
-        return collate.PaddingCollator(pad_token_id=pad_id)(features)
-    batch = collate.PackingCollator(pad_token_id=pad_id)(features)
+        return batch
     sizes = torch.tensor([len(f["input_ids"]) for f in features])
     batch["pack_ids"] = torch.repeat_interleave(torch.tensor([f["pack_id"] for f in features]), sizes)[None]
     return batch
@@ -505,7 +508,18 @@ def build_model(cfg: TrainConfig, tokenizer) -> torch.nn.Module:
         return models.tiny_llama(conf, seed=cfg.seed, dtype=dtype, attn_implementation=attn)
     if cfg.model_overrides:
         raise ValueError("model_overrides apply to model='tiny' only; extend pretrained models with longalign.context")
-    return models.load_causal_lm(cfg.model, dtype=dtype, attn_implementation=attn)
+    model = models.load_causal_lm(cfg.model, dtype=dtype, attn_implementation=attn)
+    check_packing_supported(cfg, model.config.to_dict())  # the loaded config, in case config.json was unreadable
+    return model
+
+
+def check_packing_supported(cfg: TrainConfig, config: dict | None = None) -> None:
+    """ValueError naming the model when a packed method would let its packed sequences attend to each other."""
+    if cfg.method not in PACKED_METHODS or cfg.model == "tiny":
+        return
+    problem = models.packing_refusal(cfg.model, config if config is not None else models.config_dict(cfg.model))
+    if problem:
+        raise ValueError(problem)
 
 
 def load_train_dataset(cfg: TrainConfig, tokenizer):
@@ -584,6 +598,7 @@ def record_path(cfg: TrainConfig) -> Path:
 def run_training(cfg: TrainConfig, dataset=None, overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume, or return the finished record of) one run; returns the run record."""
     cfg.validate()
+    check_packing_supported(cfg)  # before any tokenizing or loading
     out_dir, rec_path = run_dir(cfg), record_path(cfg)
     args = training_arguments(cfg, out_dir)  # first: it starts the process group under torchrun
     if overwrite and _is_main():
