@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from longalign import models
-from longalign.train import TrainConfig, run_training
+from longalign.train import TrainConfig, free_port, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LEN = 48
@@ -182,7 +182,7 @@ def test_weighted_packing_equals_unpacked_mean_two_ranks(tmp_path):
         cfgs.append(json.loads(json.dumps(cfg.__dict__)))
     (tmp_path / "runs.json").write_text(json.dumps(cfgs))
     env = {**os.environ, "LONGALIGN_OUTPUTS": str(out), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(ROOT / "scripts" / "train.py"), "--config-file", str(tmp_path / "runs.json")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
