@@ -8,6 +8,11 @@ One launch may train several configs in sequence (one process group, e.g. all me
 
 ``--profile P`` builds the run configs of notebook 03 from ``configs/P.yaml`` (section
 ``03_training_methods``), so the paper runs are exactly the notebook's (8xA800, ZeRO-3 + CPU offload).
+It trains the runs on the profile's main ``suite`` (``{method}-seed{seed}``), narrowed by ``--method``
+and ``--seed``: the paper command above is exactly one run. The data-suite runs of the notebook
+(``{suite}-packing_weighted-seed{seed}``) are trained only when asked for with ``--suite``:
+
+    torchrun --nproc_per_node 8 scripts/train.py --profile paper --suite long0 --suite long5 --suite longalpaca
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from longalign import config, paths
 from longalign.train import TrainConfig, run_training, training_run_configs
@@ -29,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", choices=config.PROFILES, help="take notebook 03's runs from configs/<profile>.yaml")
     p.add_argument("--method", action="append", help="with --profile: only these methods")
     p.add_argument("--seed", type=int, action="append", help="with --profile: only these seeds")
-    p.add_argument("--suite", action="append", help="with --profile: only these data suites")
+    p.add_argument("--suite", action="append",
+                   help="with --profile: the runs on these data suites (default: the profile's main suite only)")
     p.add_argument("--overwrite", action="store_true", help="retrain even if a record exists")
     return p.parse_args(argv)
 
@@ -42,13 +49,19 @@ def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
         cfgs += [TrainConfig.from_dict(d) for d in (data if isinstance(data, list) else [data])]
     if args.profile:
         params = config.notebook_params(args.profile, "03_training_methods")
+        suites = set(args.suite or [params["suite"]])
         for cfg in training_run_configs(params, paths.outputs()):
             keep = ((not args.method or cfg.method in args.method) and (not args.seed or cfg.seed in args.seed)
-                    and (not args.suite or any(cfg.name().startswith(f"{s}-") for s in args.suite)))
+                    and run_suite(cfg) in suites)
             cfgs.append(cfg) if keep else None
     if not cfgs:
         raise SystemExit("nothing to train: give --config-json, --config-file or --profile")
     return cfgs
+
+
+def run_suite(cfg: TrainConfig) -> str:
+    """The data suite of a notebook-03 run (its data file is ``mix-{suite}.jsonl``)."""
+    return Path(cfg.data[0]).stem.removeprefix("mix-")
 
 
 def main(argv: list[str] | None = None) -> int:

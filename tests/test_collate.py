@@ -86,3 +86,20 @@ def test_collators_reject_bad_features():
         PackingCollator()([])
     with pytest.raises(ValueError, match="feature 0"):
         PaddingCollator(0)([{"input_ids": [1, 2], "labels": [1]}])
+
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_target_counts_are_each_sequences_target_count(packed):
+    """``target_counts`` holds N_i (int64) on every target of sequence i and 0 elsewhere; loss_weights = 1/N_i there."""
+    feats = features(3, 5)
+    batch = PackingCollator(pad_to_multiple_of=16)(feats) if packed else PaddingCollator(0, 8)(feats)
+    counts, labels = batch["target_counts"], batch["labels"]
+    assert counts.dtype == torch.long and counts.shape == labels.shape
+    cu = batch["cu_seq_lens_q"].tolist() if packed else None
+    for k, f in enumerate(feats):
+        seq = counts[0, cu[k]:cu[k + 1]] if packed else counts[k, :len(f["input_ids"])]
+        n_i = sum(1 for y in f["labels"][1:] if y != IGNORE_INDEX)
+        assert sorted(set(seq.tolist()) - {0}) == [n_i] and int((seq > 0).sum()) == n_i
+    assert torch.equal(counts > 0, labels != IGNORE_INDEX)
+    assert torch.allclose(batch["loss_weights"][counts > 0].double(), 1.0 / counts[counts > 0].double())

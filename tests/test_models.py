@@ -48,3 +48,50 @@ def test_smollm2_converts_and_chats():
                                         add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+@pytest.fixture()
+def llama_base_tokenizer(tmp_path):
+    """A Llama-2-base-like tokenizer folder: <s> / </s>, no chat template, config.json with model_type llama."""
+    base = models.cpu_tokenizer()
+    base.chat_template = None
+    base.add_special_tokens({"bos_token": "<s>", "eos_token": "</s>"})
+    base.save_pretrained(tmp_path / "llama-base")
+    (tmp_path / "llama-base" / "config.json").write_text('{"model_type": "llama"}')
+    return tmp_path / "llama-base"
+
+
+def official_longalign_text(rounds: list[tuple[str, str]]) -> str:
+    """THUDM/LongAlign pre_tokenize.py for Llama: '[INST]{q}[/INST]{a}' per round, joined by two newlines."""
+    return "\n\n".join("[INST]{}[/INST]{}".format(q, a) for q, a in rounds)
+
+
+def test_llama_base_gets_longalign_inst_template(llama_base_tokenizer):
+    from longalign.tokenize import tokenize_conversation
+
+    tokenizer = models.load_tokenizer(str(llama_base_tokenizer))
+    assert tokenizer.chat_template == models.LONGALIGN_LLAMA_TEMPLATE
+    rounds = [("Read this. Who wrote it?", "Paul Graham."), ("Why?", "It says so at the top.")]
+    msgs = [{"role": r, "content": c} for q, a in rounds for r, c in (("user", q), ("assistant", a))]
+    # training text: BOS (the tokenizer adds it) + the official rounds + the EOS appended after the last answer
+    assert tokenizer.apply_chat_template(msgs, tokenize=False) == "<s>" + official_longalign_text(rounds) + "</s>"
+    # inference prompts as LongBench_Chat/eval.py builds them: "[INST]{q}[/INST]", then history + "\n\n[INST]{q}[/INST]"
+    first = tokenizer.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
+    assert first == "<s>[INST]Read this. Who wrote it?[/INST]"
+    second = tokenizer.apply_chat_template(msgs[:3], tokenize=False, add_generation_prompt=True)
+    assert second == "<s>[INST]Read this. Who wrote it?[/INST]Paul Graham.\n\n[INST]Why?[/INST]"
+    ids, labels = tokenize_conversation(msgs, tokenizer)
+    assert tokenizer.decode([t for t in labels if t != -100]) == "Paul Graham.It says so at the top.</s>"
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+
+
+def test_template_choice_and_missing_template_error(llama_base_tokenizer, tmp_path):
+    from longalign.tokenize import tokenize_conversation
+
+    chatml = models.load_tokenizer(str(llama_base_tokenizer), chat_template="chatml")
+    assert chatml.chat_template == models.CHATML_TEMPLATE
+    (llama_base_tokenizer / "config.json").write_text('{"model_type": "gpt2"}')  # not Llama: no template is given
+    bare = models.load_tokenizer(str(llama_base_tokenizer))
+    assert not bare.chat_template
+    with pytest.raises(ValueError, match="has no chat template.*chat_template=.*longalign-llama"):
+        tokenize_conversation([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], bare)

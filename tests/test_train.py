@@ -153,3 +153,74 @@ def test_notebook03_configs(tmp_path):
     assert (cfgs[0].per_device_batch, cfgs[0].grad_accum) == (1, 12)
     assert (cfgs[1].per_device_batch, cfgs[1].grad_accum) == (2, 1)
     assert cfgs[-1].data[0].endswith("mix-long0.jsonl")
+
+
+def test_packing_is_refused_for_chatglm_before_any_loading(tmp_path, outputs):
+    """ChatGLM's remote code attends across packed sequences: packed methods stop with a message; naive may run."""
+    from longalign.train import check_packing_supported
+
+    folder = tmp_path / "chatglm3-6b"  # config.json only: reaching the tokenizer or model would fail differently
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "chatglm", "architectures": ["ChatGLMModel"], "auto_map": '
+                                        '{"AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration"}}')
+    for method in ("packing", "packing_weighted", "pretrain"):
+        with pytest.raises(ValueError, match=r"packing is refused for .*chatglm3-6b.*'chatglm'.*attend to each other"
+                                             r".*'naive' or 'sorted'.*LongAlign-7B-64k-base"):
+            run_training(TrainConfig(method=method, model=str(folder), data=[str(folder / "config.json")]))
+    check_packing_supported(TrainConfig(method="sorted", model=str(folder)))
+    (folder / "config.json").write_text('{"model_type": "llama"}')  # a native architecture packs exactly
+    check_packing_supported(TrainConfig(method="packing_weighted", model=str(folder)))
+
+
+def _chat_rows(n: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    return [{"messages": [{"role": "user", "content": " ".join(rng.choice(words, int(rng.integers(10, 60))))},
+                          {"role": "assistant", "content": " ".join(rng.choice(words, int(rng.integers(5, 40))))}]}
+            for _ in range(n)]
+
+
+@pytest.fixture()
+def suites_out(tmp_path, monkeypatch):
+    """outputs/ with notebook 01's four mix files and notebook 02's extended model (its tokenizer is enough here)."""
+    from longalign import records
+    out = tmp_path / "suites-out"
+    monkeypatch.setenv("LONGALIGN_OUTPUTS", str(out))
+    for k, suite in enumerate(("long0", "long5", "long10", "longalpaca")):
+        records.write_jsonl(out / "data" / f"mix-{suite}.jsonl", _chat_rows(30, k))
+    models.cpu_tokenizer().save_pretrained(out / "models" / "tiny-longctx")
+    return out
+
+
+def test_naive_grad_accum_zero_is_derived_once_for_notebook_and_script(suites_out):
+    """``naive_grad_accum: 0`` -> sequences per pack x packs per step / naive_batch, from the suite's token lengths."""
+    from longalign import packing, tokenize
+    from longalign.train import derive_naive_grad_accum
+
+    params = {"methods": ["naive", "packing_weighted"], "suite": "long10", "suites": [], "max_len": 256,
+              "base_model": "tiny-longctx", "packs_per_device": 2, "packing_grad_accum": 3, "naive_batch": 2,
+              "naive_grad_accum": 0, "naive_max_len": 128}
+    rows, _ = tokenize.tokenize_jsonl([suites_out / "data" / "mix-long10.jsonl"], models.cpu_tokenizer(), 256)
+    lengths = list(rows["length"])
+    expected = round(len(lengths) / len(packing.pack(lengths, 256)) * 2 * 3 / 2)
+    assert expected > 1 and derive_naive_grad_accum(params, suites_out) == expected
+    naive, packed = training_run_configs(params, suites_out)
+    assert (naive.grad_accum, naive.per_device_batch, naive.max_len) == (expected, 2, 128)
+    assert (packed.grad_accum, packed.per_device_batch, packed.max_len) == (3, 2, 256)
+
+
+def test_script_profile_trains_what_it_names(suites_out):
+    """scripts/train.py --profile: the main suite's runs by default, suite runs only with --suite; cpu's GA 0 resolves."""
+    import importlib.util
+    from longalign import paths
+
+    spec = importlib.util.spec_from_file_location("train_script", paths.ROOT / "scripts" / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    names = lambda argv: [c.name() for c in script.configs_from_args(script.parse_args(["--profile", "cpu", *argv]))]
+    assert names(["--method", "packing_weighted", "--seed", "0"]) == ["packing_weighted-seed0"]
+    naive = script.configs_from_args(script.parse_args(["--profile", "cpu", "--method", "naive"]))
+    assert [c.name() for c in naive] == ["naive-seed0", "naive-seed1"] and all(c.grad_accum >= 1 for c in naive)
+    assert names(["--seed", "1", "--suite", "long0", "--suite", "longalpaca"]) == [
+        "long0-packing_weighted-seed1", "longalpaca-packing_weighted-seed1"]
+    assert len(names(["--suite", "long10"])) == 8  # the main suite: 4 methods x 2 seeds

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from longalign import models
-from longalign.train import TrainConfig, run_training
+from longalign.train import TrainConfig, free_port, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LEN = 48
@@ -70,9 +70,9 @@ def initial_model() -> torch.nn.Module:
     return models.tiny_llama(conf, seed=0, dtype=torch.float64, attn_implementation="sdpa")
 
 
-def reference_gradient(ds: datasets.Dataset) -> dict[str, torch.Tensor]:
-    """Eq. 2 by hand: mean over sequences of each sequence's own mean target CE, unpacked."""
-    model = initial_model()
+def reference_gradient(ds: datasets.Dataset, model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Eq. 2 by hand: mean over sequences of each sequence's own mean target CE, unpacked (default: initial_model())."""
+    model = model if model is not None else initial_model()
     losses = []
     for row in ds:
         ids = torch.tensor([row["input_ids"]])
@@ -83,11 +83,11 @@ def reference_gradient(ds: datasets.Dataset) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
-def update_from_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """θ0 − θ1 of the trained checkpoint (= the gradient under SGD with lr 1)."""
-    before = dict(initial_model().named_parameters())
+def update_from_checkpoint(path: Path, start: torch.nn.Module | None = None, lr: float = 1.0) -> dict[str, torch.Tensor]:
+    """(θ0 − θ1) / lr of the trained checkpoint (= the gradient under SGD); θ0 defaults to initial_model()."""
+    before = dict((start if start is not None else initial_model()).named_parameters())
     after = dict(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64).named_parameters())
-    return {n: (before[n] - after[n]).detach() for n in before}
+    return {n: (before[n] - after[n]).detach() / lr for n in before}
 
 
 def relative_error(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -182,7 +182,7 @@ def test_weighted_packing_equals_unpacked_mean_two_ranks(tmp_path):
         cfgs.append(json.loads(json.dumps(cfg.__dict__)))
     (tmp_path / "runs.json").write_text(json.dumps(cfgs))
     env = {**os.environ, "LONGALIGN_OUTPUTS": str(out), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(ROOT / "scripts" / "train.py"), "--config-file", str(tmp_path / "runs.json")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

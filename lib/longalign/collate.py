@@ -9,8 +9,8 @@ return a dict:
 - ``PackingCollator(pad_to_multiple_of=None, pad_token_id=0, weights_dtype=torch.float32)(features)``
   — sequences concatenated into one row: ``input_ids``, ``labels``, ``position_ids`` (restart at 0
   per sequence), ``loss_weights`` (``weights_dtype``, 1/N_i on the target positions of sequence i,
-  N_i its number of target tokens, 0 elsewhere), all ``[1, T]`` (LongTensor except
-  ``loss_weights``); ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (int32 ``[n_seq + 1]``) and ``max_length_q`` / ``max_length_k`` (int) as
+  N_i its number of target tokens, 0 elsewhere) and ``target_counts`` (N_i there), all ``[1, T]``
+  (LongTensor except ``loss_weights``); ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (int32 ``[n_seq + 1]``) and ``max_length_q`` / ``max_length_k`` (int) as
   transformers' flash-attention-2 varlen path expects; ints ``num_sequences`` (sequences with >= 1
   target), ``num_packs`` (distinct ``pack_id`` values among the features, 1 when absent) and
   ``num_target_tokens``. The first label of every sequence is set to -100, so no token predicts
@@ -21,20 +21,22 @@ return a dict:
 - ``PaddingCollator(pad_token_id, pad_to_multiple_of=None, weights_dtype=torch.float32)(features)``
   — naive / sorted batching: right padding; ``input_ids``, ``attention_mask``, ``labels`` (-100 on
   padding), ``loss_weights`` (1/N_i per target token, so the same ``loss.packed_loss`` gives the per-sequence mean), all
-  ``[B, T]``; ints ``num_sequences``, ``num_packs`` (= 1: a padded micro-batch is one averaging
+  ``[B, T]`` (plus ``target_counts``, see below); ints ``num_sequences``, ``num_packs`` (= 1: a padded micro-batch is one averaging
   unit, so ``packed_loss(..., batch["num_packs"], batch["num_sequences"])`` is its sequence mean)
   and ``num_target_tokens``; ``padding_fraction`` (float, pad tokens / all tokens).
 
 - ``sequence_weights(labels) -> (masked_labels, weights, N)`` — one sequence's labels with position 0
   masked, its per-token weights (1/N on targets, 0 elsewhere) and N (both collators use it).
 
-Careful: HF Trainer's ``_prepare_input`` casts every floating tensor to the DeepSpeed dtype (bf16)
-under DeepSpeed, which would round 1/N_i to 3 significant digits: pop ``loss_weights`` from the
-inputs before ``_prepare_inputs`` (or move it to the device yourself). Float64 weights
-(``weights_dtype=torch.float64``) make float64 gradient checks exact.
+Both collators also return ``target_counts`` (int64, same shape as ``labels``): N_i on the target
+positions of sequence i, 0 elsewhere. The trainer builds its weights from these integers, because
+HF Trainer's ``_prepare_input`` casts every *floating* tensor to the DeepSpeed dtype under DeepSpeed:
+in bf16 ``loss_weights`` keeps 8 significant bits, so 1/N_i is off by up to 0.4 % and ``round(1/w)``
+no longer gives N_i for N_i >= 190. Integer tensors are moved, never cast. Float64 weights
+(``weights_dtype=torch.float64``) make float64 gradient checks of ``loss.packed_loss`` exact.
 
-Keys the model's forward must not see (``loss_weights``, ``num_*``, ``padding_fraction``) are listed
-in ``NON_MODEL_KEYS``; pop them (and ``labels``) before calling the model.
+Keys the model's forward must not see (``loss_weights``, ``target_counts``, ``num_*``,
+``padding_fraction``) are listed in ``NON_MODEL_KEYS``; pop them (and ``labels``) before calling the model.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from typing import Any
 import torch
 
 IGNORE_INDEX = -100
-NON_MODEL_KEYS = ("loss_weights", "num_sequences", "num_packs", "num_target_tokens", "padding_fraction")
+NON_MODEL_KEYS = ("loss_weights", "target_counts", "num_sequences", "num_packs", "num_target_tokens", "padding_fraction")
 
 
 def _features(features: Sequence[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
@@ -79,13 +81,14 @@ class PackingCollator:
         self.weights_dtype = weights_dtype
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        ids, labels, weights, positions, seq_lens = [], [], [], [], []
+        ids, labels, weights, counts, positions, seq_lens = [], [], [], [], [], []
         num_sequences = num_targets = 0
         for seq_ids, seq_labels in _features(features):
             masked, w, n = sequence_weights(seq_labels)
             ids += seq_ids
             labels += masked
             weights += w
+            counts += [n if y != IGNORE_INDEX else 0 for y in masked]
             positions += range(len(seq_ids))
             seq_lens.append(len(seq_ids))
             num_sequences += n > 0
@@ -95,11 +98,13 @@ class PackingCollator:
             ids += [self.pad_token_id] * pad
             labels += [IGNORE_INDEX] * pad
             weights += [0.0] * pad
+            counts += [0] * pad
             positions += range(pad)
             seq_lens.append(pad)
         batch = _packed_batch(ids, labels, weights, positions, seq_lens, num_sequences, num_targets,
                               _num_packs(features))
         batch["loss_weights"] = batch["loss_weights"].to(self.weights_dtype)
+        batch["target_counts"] = torch.tensor([counts], dtype=torch.long)
         return batch
 
     def _pad_len(self, total: int) -> int:
@@ -146,7 +151,8 @@ class PaddingCollator:
             width += (-width) % self.pad_to_multiple_of
         batch = {k: torch.full((len(pairs), width), v, dtype=dt) for k, v, dt in (
             ("input_ids", self.pad_token_id, torch.long), ("attention_mask", 0, torch.long),
-            ("labels", IGNORE_INDEX, torch.long), ("loss_weights", 0.0, self.weights_dtype))}
+            ("labels", IGNORE_INDEX, torch.long), ("loss_weights", 0.0, self.weights_dtype),
+            ("target_counts", 0, torch.long))}
         num_sequences = num_targets = real = 0
         for row, (ids, seq_labels) in enumerate(pairs):
             masked, w, n = sequence_weights(seq_labels)
@@ -154,6 +160,7 @@ class PaddingCollator:
             batch["attention_mask"][row, :len(ids)] = 1
             batch["labels"][row, :len(ids)] = torch.tensor(masked)
             batch["loss_weights"][row, :len(ids)] = torch.tensor(w, dtype=torch.float64)
+            batch["target_counts"][row, :len(ids)] = torch.tensor([n if y != IGNORE_INDEX else 0 for y in masked])
             num_sequences += n > 0
             num_targets += n
             real += len(ids)

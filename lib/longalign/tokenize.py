@@ -7,7 +7,8 @@ API
   input_ids) with every non-assistant token -100. ``method``: ``"generation"`` uses the template's
   ``{% generation %}`` markers (HF's assistant mask), ``"prefix"`` derives assistant spans by
   rendering conversation prefixes (``messages[:k]`` + generation prompt vs ``messages[:k+1]``), for
-  templates without markers (SmolLM2, Llama-2, ChatGLM); ``"auto"`` picks by the template. Both
+  templates without markers (SmolLM2, ChatGLM); ``"auto"`` picks by the template (a tokenizer without
+  any chat template is an error that says how to give one). Both
   mark the tokens overlapping each assistant span (its content and end-of-turn token; trailing
   whitespace the template adds after the turn is not a target).
 - ``check_messages(messages) -> str | None`` — the skip reason of a malformed conversation, or None.
@@ -124,6 +125,11 @@ def _mask_from_spans(offsets: Sequence[tuple[int, int]], spans: list[tuple[int, 
 
 def tokenize_conversation(messages: list[dict], tokenizer, method: str = "auto") -> tuple[list[int], list[int]]:
     """Token ids and assistant-only labels (HF-aligned, -100 elsewhere) of one conversation."""
+    if not getattr(tokenizer, "chat_template", None):
+        from longalign.models import CHAT_TEMPLATES
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template, so chat data "
+                         "cannot be rendered: load it with longalign.models.load_tokenizer(name, chat_template=...) "
+                         f"({' / '.join(CHAT_TEMPLATES)} or a Jinja string), or use a chat model's tokenizer")
     if method == "auto":
         method = "generation" if _has_generation_markers(tokenizer) else "prefix"
     if method == "generation":

@@ -17,8 +17,15 @@ first forward of the step (:meth:`LongAlignTrainer.get_batch_samples`). Each mic
 Eq. 3; w = 1, D = N for pretraining): Trainer's division by GA is switched off
 (``loss_is_scaled_for_ga``) and the factor ``world_size`` undoes DDP's / DeepSpeed's gradient mean,
 so the accumulated gradient equals that of Eq. 2 for any GA, world size and packs per device
-(tested against an unpacked reference in ``tests/test_train_equivalence.py``). The official code
-is exact only for GA 1 on one node (K = local GPU count, M fixed per group of packs).
+(tested against an unpacked reference in ``tests/test_train_equivalence.py``, and under two-process
+ZeRO-3 + CPU offload in ``tests/test_deepspeed.py``). The official code is exact only for GA 1 on one
+node (K = local GPU count, M fixed per group of packs). The weights 1/N_i are built from the
+collators' integer ``target_counts``: Trainer casts every floating input to bf16 under DeepSpeed,
+which would move 1/N_i by up to 0.4 %, so no float tensor is handed to it.
+
+Models: packed methods need attention that stays inside each packed sequence; transformers' native
+architectures derive it from the restarting ``position_ids``, ChatGLM's remote code does not, so
+packing is refused for it (:func:`check_packing_supported`) and naive / sorted remain.
 
 Loss computation (:func:`forward_loss_sums`): by default (``ce_chunk_size`` 4096) no ``[T, vocab]``
 logits are made. A pre-hook on the output head keeps the final hidden states and hands the head one
@@ -38,9 +45,9 @@ API: :class:`TrainConfig`, :func:`run_training` (cfg, dataset=None, overwrite=Fa
 (notebook 03's runs from its parameters), :func:`evaluate_loss` (held-out token / sequence mean of a
 checkpoint), and the pure loss pieces :func:`loss_sums` / :func:`objective`.
 
-Paper command (8xA800, ZeRO-3 + CPU offload)::
+Paper command (8xA800, ZeRO-3 + CPU offload; one run)::
 
-    torchrun --nproc_per_node 8 scripts/train.py --profile paper --method packing_weighted
+    torchrun --nproc_per_node 8 scripts/train.py --profile paper --method packing_weighted --seed 0
 """
 
 from __future__ import annotations
@@ -149,8 +156,8 @@ def target_weights(batch: dict[str, Any], valid: torch.Tensor, dtype: torch.dtyp
     Label t+1 is predicted from position t; the collators already set the first label of every
     sequence to -100, so nothing is predicted across a pack boundary.
     """
-    # the collator stores 1/N_i in float32; recover the integer N_i so float64 runs stay exact
-    n_i = torch.round(1.0 / batch["loss_weights"][:, 1:][valid].double())
+    # integer N_i, not the collator's float 1/N_i: under DeepSpeed, Trainer casts float inputs to bf16
+    n_i = batch["target_counts"][:, 1:][valid].double()
     weights = {"ce": torch.ones_like(n_i, dtype=dtype), "seq": (1.0 / n_i).to(dtype)}
     if "pack_ids" in batch:  # Eq. 3: every pack's token mean
         pack = batch["pack_ids"][:, 1:][valid]
@@ -305,9 +312,12 @@ def collate_micro_batch(features: list[dict], packed: bool, pad_id: int) -> dict
     """Core collators: packed ``[1, T]`` plus per-token ``pack_ids`` (for Eq. 3), or padded ``[B, T]``."""
     from longalign import collate
 
+    make = collate.PackingCollator(pad_token_id=pad_id) if packed else collate.PaddingCollator(pad_token_id=pad_id)
+    batch = make(features)
+    # no float tensor may reach Trainer: under DeepSpeed it casts them to bf16 (weights come from target_counts)
+    batch.pop("loss_weights")
     if not packed:
-        return collate.PaddingCollator(pad_token_id=pad_id)(features)
-    batch = collate.PackingCollator(pad_token_id=pad_id)(features)
+        return batch
     sizes = torch.tensor([len(f["input_ids"]) for f in features])
     batch["pack_ids"] = torch.repeat_interleave(torch.tensor([f["pack_id"] for f in features]), sizes)[None]
     return batch
@@ -515,7 +525,18 @@ def build_model(cfg: TrainConfig, tokenizer) -> torch.nn.Module:
         return models.tiny_llama(conf, seed=cfg.seed, dtype=dtype, attn_implementation=attn)
     if cfg.model_overrides:
         raise ValueError("model_overrides apply to model='tiny' only; extend pretrained models with longalign.context")
-    return models.load_causal_lm(cfg.model, dtype=dtype, attn_implementation=attn)
+    model = models.load_causal_lm(cfg.model, dtype=dtype, attn_implementation=attn)
+    check_packing_supported(cfg, model.config.to_dict())  # the loaded config, in case config.json was unreadable
+    return model
+
+
+def check_packing_supported(cfg: TrainConfig, config: dict | None = None) -> None:
+    """ValueError naming the model when a packed method would let its packed sequences attend to each other."""
+    if cfg.method not in PACKED_METHODS or cfg.model == "tiny":
+        return
+    problem = models.packing_refusal(cfg.model, config if config is not None else models.config_dict(cfg.model))
+    if problem:
+        raise ValueError(problem)
 
 
 def load_train_dataset(cfg: TrainConfig, tokenizer):
@@ -594,6 +615,7 @@ def record_path(cfg: TrainConfig) -> Path:
 def run_training(cfg: TrainConfig, dataset=None, overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume, or return the finished record of) one run; returns the run record."""
     cfg.validate()
+    check_packing_supported(cfg)  # before any tokenizing or loading
     out_dir, rec_path = run_dir(cfg), record_path(cfg)
     args = training_arguments(cfg, out_dir)  # first: it starts the process group under torchrun
     if overwrite and _is_main():
@@ -742,8 +764,15 @@ def resolve_model(base_model: str, outputs_root: Path) -> str:
 
 
 def training_run_configs(params: dict[str, Any], outputs_root: Path) -> list[TrainConfig]:
-    """Notebook 03's runs from its parameters: methods x seeds on ``suite``, then packing_weighted per suite."""
-    p = params
+    """Notebook 03's runs from its parameters: methods x seeds on ``suite``, then packing_weighted per suite.
+
+    ``naive_grad_accum: 0`` is derived here (:func:`derive_naive_grad_accum`), for the notebook and
+    scripts/train.py alike; ``naive_max_len`` > 0 truncates the naive / sorted runs' data shorter than
+    ``max_len`` (the paper's 56k for ChatGLM, footnote 5), packed runs keep ``max_len``.
+    """
+    p = dict(params)
+    if not p.get("naive_grad_accum", 1) and {"naive", "sorted"} & set(p["methods"]):
+        p["naive_grad_accum"] = derive_naive_grad_accum(p, outputs_root)
     seeds = [p.get("seed", 0) + k for k in range(p.get("num_seeds", 1))]
     common = dict(model=resolve_model(p.get("base_model", "tiny"), outputs_root), max_len=p["max_len"],
                   max_steps=p.get("max_steps", -1), num_epochs=p.get("num_epochs", 1.0),
@@ -766,11 +795,40 @@ def _method_config(method: str, seed: int, p: dict[str, Any], suite: str, output
                    common: dict[str, Any], prefix: str = "") -> TrainConfig:
     """One run: packing methods use packs_per_device x packing_grad_accum, the others naive_batch x naive_grad_accum."""
     packed = method in PACKED_METHODS
+    max_len = common["max_len"] if packed else (p.get("naive_max_len") or common["max_len"])
     return TrainConfig(method=method, seed=seed, data=[str(suite_data(outputs_root, suite))],
                        output_name=f"{prefix}{method}-seed{seed}",
                        per_device_batch=p.get("packs_per_device", 1) if packed else p.get("naive_batch", 1),
                        grad_accum=p.get("packing_grad_accum", 1) if packed else p.get("naive_grad_accum", 1),
-                       **common)
+                       **{**common, "max_len": max_len})
+
+
+def derive_naive_grad_accum(params: dict[str, Any], outputs_root: Path) -> int:
+    """Naive / sorted GA giving as many sequences per optimizer step as packing has on average (paper: 12).
+
+    Sequences per pack come from packing the main suite's token lengths at ``max_len``; the step of
+    packing holds ``packs_per_device x packing_grad_accum`` packs, that of naive / sorted
+    ``naive_batch x GA`` sequences.
+    """
+    from longalign import packing
+
+    p = params
+    probe = TrainConfig(model=resolve_model(p.get("base_model", "tiny"), outputs_root), max_len=p["max_len"],
+                        data=[str(suite_data(outputs_root, p["suite"]))])
+    lengths = _suite_lengths(probe)
+    per_pack = len(lengths) / len(packing.pack(lengths, p["max_len"]))
+    per_step = per_pack * p.get("packs_per_device", 1) * p.get("packing_grad_accum", 1)
+    return max(1, round(per_step / p.get("naive_batch", 1)))
+
+
+def _suite_lengths(cfg: TrainConfig) -> list[int]:
+    """Token lengths of ``cfg.data`` (tokenized and cached by one process, in memory on every rank of a launch)."""
+    tokenizer = load_tokenizer(cfg)
+    if _world() == 1:
+        return row_lengths(load_train_dataset(cfg, tokenizer), cfg.max_len)
+    from longalign import tokenize  # before the process group exists ranks cannot share the cache safely
+    dataset, _ = tokenize.tokenize_jsonl(cfg.data, tokenizer, cfg.max_len, progress=False)
+    return row_lengths(dataset, cfg.max_len)
 
 
 @torch.no_grad()
@@ -794,10 +852,11 @@ def evaluate_loss(model_path: str | Path, dataset, max_len: int, ce_chunk_size: 
             "targets": totals["targets"], "sequences": totals["sequences"]}
 
 
-def launch_runs(cfgs: list[TrainConfig], nproc: int = 1, tag: str = "runs", port: int = 29561) -> list[dict[str, Any]]:
-    """Train configs in this process, or in one ``torchrun`` launch of scripts/train.py with ``nproc`` processes."""
+def launch_runs(cfgs: list[TrainConfig], nproc: int = 1, tag: str = "runs", port: int | None = None) -> list[dict[str, Any]]:
+    """Train configs in this process, or in one ``torchrun`` launch of scripts/train.py (``nproc`` processes; free port)."""
     if nproc <= 1:
         return [run_training(c) for c in tqdm(cfgs, desc=tag)]
+    port = port or free_port()
     import subprocess
     import sys
     spec = paths.outputs() / "launch" / f"{tag}.json"
@@ -811,3 +870,11 @@ def launch_runs(cfgs: list[TrainConfig], nproc: int = 1, tag: str = "runs", port
     if proc.returncode:
         raise RuntimeError(f"torchrun failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}")
     return [records.read_record(record_path(c)) for c in cfgs]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (two launches on one machine must not share a rendezvous port)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
