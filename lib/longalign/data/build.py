@@ -1,6 +1,8 @@
 """Notebook 01's steps as library calls: corpus → train/held-out/low-diversity documents → client → records frame.
 
-Keeps the notebook thin: each function is one step of data construction with its counted skips.
+Keeps the notebook thin: each function is one step of data construction with its counted skips and
+changes; :func:`prepare_documents` also returns the counts that notebook 01 writes to
+``outputs/data/build-stats.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from longalign.llm import LLMClient
 from longalign.records import read_jsonl
 
 OFFLINE_MODEL = "grounded-offline-v1"
+CHANGE_REASONS = ("control_chars_removed", "trimmed_turns")  # counted records that were kept, changed
 
 
 def prepare_documents(sources: list[str], tokenizer: Any, *, num_documents: int, heldout_documents: int,
@@ -50,6 +53,14 @@ def prepare_documents(sources: list[str], tokenizer: Any, *, num_documents: int,
 def skip_report(skips: Counter) -> dict[str, Any]:
     """Skip counts by reason for a stats record (with example places when ``skips`` is a ``corpus.Skips``)."""
     return skips.report() if isinstance(skips, corpus.Skips) else {r: {"count": n} for r, n in sorted(skips.items())}
+
+
+def loaded_summary(rows: list[dict[str, Any]], skips: Counter) -> dict[str, Any]:
+    """A file-loaded set (e.g. LongAlpaca-12k) summarised with the keys of a generation run's summary."""
+    changed = sum(skips[r] for r in CHANGE_REASONS)
+    dropped = sum(skips.values()) - changed
+    return {"documents": len(rows) + dropped, "already_done": 0, "written": len(rows), "records_total": len(rows),
+            "skipped": dropped, "changed": changed, "skips": dict(skips), "llm_cost_usd": 0.0}
 
 
 def low_diversity_documents(docs: list[dict[str, Any]], n: int, source: str | None = None) -> list[dict[str, Any]]:
