@@ -357,8 +357,13 @@ def _normalize(text: str) -> str:
 
 def dedupe(docs: Iterable[dict[str, Any]], skips: Counter | None = None, prefix_chars: int = 1000) -> list[dict[str, Any]]:
     """Drop exact duplicates (hash of normalised text) and near duplicates (hash of its first ``prefix_chars``)."""
-    skips = skips if skips is not None else Counter()
-    seen_full, seen_prefix, seen_ids, kept = set(), set(), set(), []
+    return list(iter_dedupe(docs, skips, prefix_chars))
+
+
+def iter_dedupe(docs: Iterable[dict[str, Any]], skips: Counter | None = None,
+                prefix_chars: int = 1000) -> Iterator[dict[str, Any]]:
+    """:func:`dedupe` as a stream: only hashes are kept, so a pretraining corpus never sits in memory whole."""
+    seen_full, seen_prefix, seen_ids = set(), set(), set()
     for doc in docs:
         norm = _normalize(doc["text"])
         full = hashlib.sha1(norm.encode()).digest()
@@ -371,8 +376,7 @@ def dedupe(docs: Iterable[dict[str, Any]], skips: Counter | None = None, prefix_
             note_skip(skips, "duplicate_id", doc["id"])
         else:
             seen_full.add(full), seen_prefix.add(prefix), seen_ids.add(doc["id"])
-            kept.append(doc)
-    return kept
+            yield doc
 
 
 def measure_tokens(docs: list[dict[str, Any]], tokenizer: Any, batch_size: int = 64) -> list[dict[str, Any]]:

@@ -1,0 +1,56 @@
+"""Notebook 02's inputs: the user's corpus through the shared reader, the paper's token budget, a released extended base."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoConfig
+
+from longalign import context, models
+from longalign.data import corpus
+from longalign.records import DataError
+from longalign.train import resolve_model
+
+
+def test_paper_token_budget_gives_the_step_count():
+    # Sec. 4.1: 10B tokens; 8 GPUs x 1 pack of 65,536 tokens per step -> 10e9 / 524,288 = 19,073.49 -> 19,074 steps
+    assert context.steps_for_tokens(10_000_000_000, 65_536, 1, 8) == 19_074
+    assert context.steps_for_tokens(4096, 1024, 2, 2) == 1 and context.steps_for_tokens(4097, 1024, 2, 2) == 2
+    with pytest.raises(ValueError, match="must be > 0"):
+        context.steps_for_tokens(0, 65_536, 1, 8)
+
+
+def test_corpus_texts_read_the_users_folder_dedupe_and_cap(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha " * 50, encoding="utf-8")
+    rows = [{"text": "beta " * 50}, {"text": "alpha " * 50}, {"text": "gamma " * 50}]  # the 2nd repeats a.txt
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "scan.pdf").write_bytes(b"%PDF")
+    skips = corpus.Skips()
+    texts = context.corpus_texts([str(tmp_path)], max_chars=10**9, skips=skips)
+    assert texts == ["alpha " * 50, "beta " * 50, "gamma " * 50]
+    assert dict(skips) == {"duplicate_exact": 1, "unsupported_file": 1}
+    assert context.corpus_texts([str(tmp_path)], max_chars=400) == ["alpha " * 50, "beta " * 50]  # 300 + 250 >= 400
+
+
+def test_corpus_texts_with_nothing_usable_names_the_source(tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"no documents for continual pretraining.*empty: 1"):
+        context.corpus_texts([str(tmp_path)], max_chars=1000, skips=corpus.Skips())
+
+
+def test_released_base_is_linked_where_notebook_03_looks(tmp_path):
+    released = tmp_path / "LongAlign-7B-64k-base"
+    models.tiny_llama_config(64, hidden=16, layers=1, heads=2, rope_theta=2_000_000.0).save_pretrained(released)
+    outputs = tmp_path / "outputs"
+    dest = context.link_released_base(str(released), outputs / "models" / "llama-2-7b-64k")
+    assert resolve_model("llama-2-7b-64k", outputs) == str(dest)
+    assert context.rope_base(AutoConfig.from_pretrained(resolve_model("llama-2-7b-64k", outputs))) == 2_000_000.0
+    assert context.link_released_base(str(released), dest) == dest  # a rerun keeps the link
+    other = tmp_path / "other"
+    models.tiny_llama_config(64, hidden=16, layers=1, heads=2).save_pretrained(other)
+    with pytest.raises(FileExistsError, match="already holds another model"):
+        context.link_released_base(str(other), dest)
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        context.link_released_base(str(tmp_path / "not-a-model"), outputs / "models" / "x")
