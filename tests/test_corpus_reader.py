@@ -61,6 +61,9 @@ def test_json_list_errors_name_the_real_line(tmp_path):
     path.write_text('{"text": "not a list"}', encoding="utf-8")
     with pytest.raises(DataError, match=r"docs\.json:1: expected a JSON list"):
         corpus.read_json_list(path)
+    path.write_bytes(b'[\n {"text": "a"},\n {"text": "caf\xe9"}\n]')
+    with pytest.raises(DataError, match=r"docs\.json:3: not valid UTF-8"):
+        corpus.read_json_list(path)
     path.write_text("[]", encoding="utf-8")
     assert corpus.read_json_list(path) == []
 

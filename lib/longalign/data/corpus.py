@@ -184,12 +184,11 @@ def read_json_list(path: str | Path) -> list[tuple[int, Any]]:
 
 
 def _decode_file(path: Path) -> str:
-    """UTF-8 text of a (``.gz``) file; bad bytes raise DataError naming ``file:line``."""
-    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    """:func:`read_text_file`, with bad bytes raising DataError naming ``file:line``."""
     try:
-        return data.decode("utf-8")
+        return read_text_file(path)
     except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
+        line = err.object.count(b"\n", 0, err.start) + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from err
 
 
