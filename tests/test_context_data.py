@@ -54,3 +54,23 @@ def test_released_base_is_linked_where_notebook_03_looks(tmp_path):
     (tmp_path / "not-a-model").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         context.link_released_base(str(tmp_path / "not-a-model"), outputs / "models" / "x")
+
+
+@pytest.mark.slow
+def test_notebook_02_with_a_released_base_trains_nothing_and_hands_it_to_03(tmp_path, monkeypatch):
+    import papermill as pm
+
+    from longalign import config, paths, records
+
+    released = tmp_path / "LongAlign-7B-64k-base"
+    models.tiny_llama_config(64, hidden=16, layers=1, heads=2, rope_theta=2_000_000.0).save_pretrained(released)
+    outputs = tmp_path / "outputs"
+    monkeypatch.setenv("LONGALIGN_OUTPUTS", str(outputs))
+    params = {**config.notebook_params("test", "02_context_extension"), "released_base": str(released),
+              "extended_name": "llama-2-7b-64k"}
+    pm.execute_notebook(str(paths.NOTEBOOKS / "02_context_extension.ipynb"), str(tmp_path / "02.ipynb"), parameters=params,
+                        cwd=str(paths.NOTEBOOKS), progress_bar=False)  # the kernel the notebook names
+    assert not (outputs / "runs").exists()  # no pretraining run at all
+    assert resolve_model("llama-2-7b-64k", outputs) == str(outputs / "models" / "llama-2-7b-64k")
+    handoff = records.read_record(outputs / "results" / "context" / "handoff-llama-2-7b-64k.json")
+    assert handoff["released"] and handoff["from"] == str(released) and handoff["rope_base"] == 2_000_000.0
