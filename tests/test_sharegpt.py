@@ -70,6 +70,8 @@ def test_longalpaca_official_format(tmp_path):
     line = path.read_text().splitlines().index(" {", 2) + 1
     with pytest.raises(DataError, match=rf"LongAlpaca-12k\.json:{line}: expected 'instruction' and 'output'"):
         sharegpt.load_longalpaca(path)
+    with pytest.raises(FileNotFoundError, match="longalpaca-12k file .*missing.json does not exist"):
+        sharegpt.load_longalpaca(tmp_path / "missing.json")
 
 
 def test_bad_files_name_file_and_line(tmp_path):

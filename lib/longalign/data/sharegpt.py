@@ -102,6 +102,8 @@ def load_longalpaca(path: str | Path, skips: Counter | None = None) -> list[dict
 
 def _load_chats(path: Path, skips: Counter | None, source: str, kind: str, alpaca_only: bool = False) -> list[dict[str, Any]]:
     """Normalised chat rows of one file; unusable rows and exact duplicates are counted skips."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{source} file {path} does not exist: download it or fix the path parameter")
     skips = skips if skips is not None else Counter()
     out, seen = [], set()
     for n, (line, row) in enumerate(_rows(path), start=1):
