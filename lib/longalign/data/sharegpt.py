@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import json
 import random
 import sys
@@ -114,12 +115,12 @@ def _load_chats(path: Path, skips: Counter | None, source: str, kind: str, alpac
                 "'conversations', 'messages' or 'instruction'/'output'"
             raise DataError(f"{where}: expected {expected}")
         msgs, reason = normalize_turns(turns, where, skips)
-        key = json.dumps(msgs, ensure_ascii=False) if msgs else ""
+        key = hashlib.sha1(json.dumps(msgs, ensure_ascii=False).encode()).digest() if msgs else b""
         if reason or key in seen:
             corpus.note_skip(skips, reason or "duplicate", where)
             continue
         seen.add(key)
-        row_id = str(row.get("id", f"{path.name.split('.')[0]}:{n}"))
+        row_id = str(row.get("id", f"{path.stem}:{n}"))
         out.append({"messages": msgs, "meta": {"id": row_id, "source": source, "kind": kind}})
     return out
 
