@@ -107,6 +107,7 @@ def extend_model(source: str | Path, dest: str | Path, factor: float = PAPER_ROP
 
 def corpus_texts(sources: list[str], max_chars: int, skips: Counter | None = None) -> list[str]:
     """Deduplicated texts of ``sources`` (notebook 01's specs and reader), in order, until ``max_chars`` characters."""
+    skips = skips if skips is not None else corpus.Skips()
     counts = {spec: 0 for spec in sources}
     docs = (doc for spec in sources for doc in _counted(spec, counts, skips))
     texts, total = [], 0
@@ -115,7 +116,7 @@ def corpus_texts(sources: list[str], max_chars: int, skips: Counter | None = Non
         total += len(doc["text"])
         if total >= max_chars:
             break
-    corpus.require_documents(texts, "documents for continual pretraining", counts, skips if skips is not None else Counter())
+    corpus.require_documents(texts, "documents for continual pretraining", counts, skips)
     return texts
 
 
