@@ -74,3 +74,18 @@ def test_notebook_02_with_a_released_base_trains_nothing_and_hands_it_to_03(tmp_
     assert resolve_model("llama-2-7b-64k", outputs) == str(outputs / "models" / "llama-2-7b-64k")
     handoff = records.read_record(outputs / "results" / "context" / "handoff-llama-2-7b-64k.json")
     assert handoff["released"] and handoff["from"] == str(released) and handoff["rope_base"] == 2_000_000.0
+
+
+def test_pretrain_rows_streamed_to_arrow_equal_the_in_memory_rows(tmp_path):
+    tok = models.cpu_tokenizer()
+    texts = ["hello world " * 120, "short", "another document, a bit longer. " * 30] * 50  # 150 texts: 3 batches of 64
+    memory = context.pretrain_dataset(texts, tok, max_len=64, min_len=4)
+    disk = context.pretrain_dataset(iter(texts), tok, max_len=64, min_len=4, path=tmp_path / "tok" / "pretrain.arrow")
+    assert disk.to_dict() == memory.to_dict() and len(disk) > 150
+    # the reference: per document, ids + EOS cut into 64-token pieces, pieces under 4 tokens dropped
+    ids = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+    assert memory["input_ids"] == [p for d in ids for p in (d[s:s + 64] for s in range(0, len(d), 64)) if len(p) >= 4]
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["pretrain.arrow"]  # no temporary file left
+    with pytest.raises(ValueError, match="no document yields"):
+        context.pretrain_dataset(["x"], tok, max_len=64, min_len=4, path=tmp_path / "empty.arrow")
+    assert not (tmp_path / "empty.arrow").exists() and not (tmp_path / "empty.arrow.tmp").exists()

@@ -21,6 +21,7 @@ with a plain LM loss over packed long text (``longalign.train`` method ``pretrai
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -134,23 +135,59 @@ def steps_for_tokens(tokens: int, max_len: int, per_device_batch: int, nproc: in
     return math.ceil(tokens / (max_len * per_device_batch * nproc))
 
 
-def pretrain_dataset(texts: Iterable[str], tokenizer: Any, max_len: int, min_len: int = 16):
-    """LM rows (input_ids, labels = input_ids, length): each document + EOS cut into pieces of <= max_len."""
+def pretrain_dataset(texts: Iterable[str], tokenizer: Any, max_len: int, min_len: int = 16, path: str | Path | None = None):
+    """LM rows (input_ids, labels = input_ids, length): each document + EOS cut into pieces of <= max_len.
+
+    With ``path`` the rows stream into an Arrow file there and come back memory-mapped, so the
+    paper's 10B-token budget never sits in memory as Python lists of token ids.
+    """
     import datasets
 
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    pieces = _lm_pieces(texts, tokenizer, max_len, min_len)
+    if path is not None:
+        return _write_arrow(pieces, Path(path), min_len)
     rows: dict[str, list] = {"input_ids": [], "labels": [], "length": []}
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + eos
-        for start in range(0, len(ids), max_len):
-            piece = ids[start:start + max_len]
-            if len(piece) >= min_len:
-                rows["input_ids"].append(piece)
-                rows["labels"].append(list(piece))
-                rows["length"].append(len(piece))
+    for piece in pieces:
+        rows["input_ids"].append(piece)
+        rows["labels"].append(list(piece))
+        rows["length"].append(len(piece))
     if not rows["length"]:
         raise ValueError(f"no document yields a piece of >= {min_len} tokens")
     return datasets.Dataset.from_dict(rows)
+
+
+def _lm_pieces(texts: Iterable[str], tokenizer: Any, max_len: int, min_len: int, batch: int = 64) -> Iterator[list[int]]:
+    """Token pieces of <= ``max_len`` (each document + EOS, cut from the left), tokenized ``batch`` documents at a time."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    texts = iter(texts)
+    while chunk := list(itertools.islice(texts, batch)):
+        for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+            ids = ids + eos
+            for start in range(0, len(ids), max_len):
+                piece = ids[start:start + max_len]
+                if len(piece) >= min_len:
+                    yield piece
+
+
+def _write_arrow(pieces: Iterator[list[int]], path: Path, min_len: int):
+    """Write LM rows to an Arrow file (via a temporary name, so a killed run leaves no half file) and map it."""
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    rows = 0
+    with ArrowWriter(path=str(tmp)) as writer:
+        for piece in pieces:
+            writer.write({"input_ids": piece, "labels": piece, "length": len(piece)})
+            rows += 1
+        if rows:  # finalize refuses an empty file
+            writer.finalize()
+    if not rows:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"no document yields a piece of >= {min_len} tokens")
+    tmp.replace(path)
+    return datasets.Dataset.from_file(str(path))
 
 
 def link_released_base(model: str, dest: str | Path) -> Path:
