@@ -107,3 +107,12 @@ def test_overlong_skip_drops_and_counts_instead_of_cutting(tmp_path):
     assert len(skip["train"]) + len(skip["heldout"]) == len(lengths) - too_long - too_short
     assert all(d["n_tokens"] <= 2000 and not d["truncated"] for d in skip["train"] + skip["heldout"])
     assert cut["stats"]["truncated"] == too_long and "too_long" not in cut["stats"]["skips"]
+
+
+def test_paper_profile_skips_overlong_documents_and_reads_longalpaca():
+    from longalign import config
+
+    paper = config.load_profile("paper")["01_data_construction"]
+    assert paper["overlong"] == "skip" and paper["longalpaca_path"].endswith("LongAlpaca-12k.json")
+    for profile in ("cpu", "test"):  # the synthetic low-diversity stand-in
+        assert config.load_profile(profile)["01_data_construction"]["longalpaca_path"] == ""
