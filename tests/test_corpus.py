@@ -54,8 +54,8 @@ def test_jsonl_missing_text_is_an_error_and_empty_text_a_counted_skip(tmp_path):
     docs = list(corpus.iter_jsonl_docs(path, skips=skips))
     assert [d["id"] for d in docs] == ["a"] and docs[0]["source"] == "d" and skips == {"empty": 1}
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "x"}\n{"title": "no text"}\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"bad\.jsonl: record 2 .*'text'"):
+    bad.write_text('{"text": "x"}\n\n\n  \n{"title": "no text"}\n', encoding="utf-8")  # the 2nd record is on line 5
+    with pytest.raises(DataError, match=r"bad\.jsonl:5: field 'text' missing"):
         list(corpus.iter_jsonl_docs(bad))
 
 
@@ -70,7 +70,7 @@ def test_folder_counts_non_utf8_and_empty_files(tmp_path):
     docs = list(corpus.iter_folder_docs(tmp_path, source="mine", skips=skips))
     assert [d["id"] for d in docs] == ["mine:a.txt", "mine:sub/d.txt.gz"]
     assert [d["lang"] for d in docs] == ["zh", "en"] and docs[1]["text"] == "compressed text document"
-    assert skips == {"non_utf8_or_unreadable": 1, "empty": 1}
+    assert skips == {"non_utf8_or_unreadable": 1, "empty": 1, "unsupported_file": 1}  # image.png is named, not silent
 
 
 def test_dedupe_exact_and_near():

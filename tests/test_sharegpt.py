@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from longalign.data import sharegpt
+from longalign.data import corpus, sharegpt
 from longalign.data.build import low_diversity_documents
 from longalign.records import DataError, read_jsonl
 
@@ -36,7 +36,42 @@ def test_sharegpt_roles_normalised_and_bad_conversations_counted(tmp_path):
     assert [m["role"] for m in by_id["ok"]] == ["system", "user", "assistant"]
     assert by_id["trim"] == [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]
     assert by_id["alpaca"][0]["content"] == "Summarise.\n\nLong paper"
-    assert skips == {"empty_response": 1, "unknown_role": 1, "no_response": 1, "non_alternating": 1}
+    assert skips == {"empty_response": 1, "unknown_role": 1, "no_response": 1, "non_alternating": 1, "trimmed_turns": 1}
+
+
+def test_duplicates_and_trimmed_turns_are_counted_with_their_lines(tmp_path):
+    rows = [_conv(("human", "Q"), ("gpt", "A")), _conv(("human", "Q2"), ("gpt", "A2")),
+            _conv(("human", "Q"), ("gpt", "A"), id="again"), _conv(("human", "Q3"), ("gpt", "A3"), ("human", "more?"))]
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps(rows, indent=1), encoding="utf-8")  # pretty-printed: records start on later lines
+    starts = [i for i, line in enumerate(path.read_text().splitlines(), start=1) if line.startswith(" {")]
+    skips = corpus.Skips()
+    out = sharegpt.load_sharegpt(path, skips)
+    assert [r["messages"][0]["content"] for r in out] == ["Q", "Q2", "Q3"] and out[2]["messages"][-1]["content"] == "A3"
+    assert dict(skips) == {"duplicate": 1, "trimmed_turns": 1}
+    assert skips.examples == {"duplicate": [f"{path}:{starts[2]}"], "trimmed_turns": [f"{path}:{starts[3]}"]}
+
+
+def test_longalpaca_official_format(tmp_path):
+    # LongAlpaca-12k.json: one JSON list of {"instruction": document + question, "output": answer} (LongLoRA)
+    doc = "Below is a paper. Memorize the paper and answer my question after the paper.\n The paper begins. \n" + "text " * 200
+    rows = [{"instruction": doc + "\n Now the paper ends. \nWhat is the main contribution?", "output": "The method."},
+            {"instruction": "Summarise the story.", "output": "  ", "file": "book.txt"},
+            {"instruction": "Give three words.", "output": "a b c"}]
+    path = tmp_path / "LongAlpaca-12k.json"
+    path.write_text(json.dumps(rows, indent=4), encoding="utf-8")
+    skips = Counter()
+    out = sharegpt.load_longalpaca(path, skips)
+    assert [r["messages"] for r in out] == [[{"role": "user", "content": rows[0]["instruction"]}, {"role": "assistant", "content": "The method."}],
+                                            [{"role": "user", "content": "Give three words."}, {"role": "assistant", "content": "a b c"}]]
+    assert {r["meta"]["source"] for r in out} == {"longalpaca-12k"} and {r["meta"]["kind"] for r in out} == {"long"}
+    assert skips == {"empty_response": 1}
+    path.write_text(json.dumps([rows[0], {"conversations": []}], indent=1), encoding="utf-8")
+    line = path.read_text().splitlines().index(" {", 2) + 1
+    with pytest.raises(DataError, match=rf"LongAlpaca-12k\.json:{line}: expected 'instruction' and 'output'"):
+        sharegpt.load_longalpaca(path)
+    with pytest.raises(FileNotFoundError, match="longalpaca-12k file .*missing.json does not exist"):
+        sharegpt.load_longalpaca(tmp_path / "missing.json")
 
 
 def test_bad_files_name_file_and_line(tmp_path):

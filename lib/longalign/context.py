@@ -9,20 +9,30 @@ with a plain LM loss over packed long text (``longalign.train`` method ``pretrai
   ``rope_ratio`` (base = 10,000 x rope_ratio); it raises ``max_position_embeddings`` (and ChatGLM's
   ``seq_length``). :func:`extend_model` writes an HF folder with the scaled config; the rotary
   frequencies are a non-persistent buffer, recomputed from the config on load.
-- :func:`pretrain_dataset` turns documents into LM rows (labels = input_ids) of at most ``max_len``.
+- :func:`corpus_texts` reads the user's own long documents with notebook 01's corpus reader (files or
+  folders of text, JSONL(.gz) with ``text``, JSON lists; duplicates and bad files counted);
+  :func:`pretrain_dataset` turns documents into LM rows (labels = input_ids) of at most ``max_len``;
+  :func:`steps_for_tokens` turns the paper's token budget into optimizer steps.
 - :func:`per_position_loss` measures mean CE at each position of fixed-length held-out windows.
+- :func:`link_released_base` hands a released context-extended base (e.g. THUDM's
+  ``LongAlign-7B-64k-base``) to notebook 03 under ``outputs/models/<name>`` without retraining it.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import itertools
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from longalign.data import corpus
 
 PAPER_ROPE_FACTOR = 200.0  # 10,000 -> 2,000,000
 PAPER_MAX_LEN = 65_536
@@ -96,23 +106,120 @@ def extend_model(source: str | Path, dest: str | Path, factor: float = PAPER_ROP
     return dest
 
 
-def pretrain_dataset(texts: Iterable[str], tokenizer: Any, max_len: int, min_len: int = 16):
-    """LM rows (input_ids, labels = input_ids, length): each document + EOS cut into pieces of <= max_len."""
+def corpus_texts(sources: list[str], max_chars: int, skips: Counter | None = None) -> list[str]:
+    """Deduplicated texts of ``sources`` (notebook 01's specs and reader), in order, until ``max_chars`` characters."""
+    skips = skips if skips is not None else corpus.Skips()
+    counts = {spec: 0 for spec in sources}
+    docs = (doc for spec in sources for doc in _counted(spec, counts, skips))
+    texts, total = [], 0
+    for doc in corpus.iter_dedupe(docs, skips):
+        texts.append(doc["text"])
+        total += len(doc["text"])
+        if total >= max_chars:
+            break
+    corpus.require_documents(texts, "documents for continual pretraining", counts, skips)
+    return texts
+
+
+def _counted(spec: str, counts: dict[str, int], skips: Counter | None) -> Iterator[dict[str, Any]]:
+    for doc in corpus.load_source(spec, skips):
+        counts[spec] += 1
+        yield doc
+
+
+def steps_for_tokens(tokens: int, max_len: int, per_device_batch: int, nproc: int) -> int:
+    """Optimizer steps that feed ``tokens`` tokens in packs of ``max_len`` (``per_device_batch`` x ``nproc`` per step)."""
+    if min(tokens, max_len, per_device_batch, nproc) <= 0:
+        raise ValueError(f"tokens, max_len, per_device_batch and nproc must be > 0, got {tokens}, {max_len}, "
+                         f"{per_device_batch}, {nproc}")
+    return math.ceil(tokens / (max_len * per_device_batch * nproc))
+
+
+def pretrain_dataset(texts: Iterable[str], tokenizer: Any, max_len: int, min_len: int = 16, path: str | Path | None = None):
+    """LM rows (input_ids, labels = input_ids, length): each document + EOS cut into pieces of <= max_len.
+
+    With ``path`` the rows stream into an Arrow file there and come back memory-mapped, so the
+    paper's 10B-token budget never sits in memory as Python lists of token ids.
+    """
     import datasets
 
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    pieces = _lm_pieces(texts, tokenizer, max_len, min_len)
+    if path is not None:
+        return _write_arrow(pieces, Path(path), min_len)
     rows: dict[str, list] = {"input_ids": [], "labels": [], "length": []}
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + eos
-        for start in range(0, len(ids), max_len):
-            piece = ids[start:start + max_len]
-            if len(piece) >= min_len:
-                rows["input_ids"].append(piece)
-                rows["labels"].append(list(piece))
-                rows["length"].append(len(piece))
+    for piece in pieces:
+        rows["input_ids"].append(piece)
+        rows["labels"].append(list(piece))
+        rows["length"].append(len(piece))
     if not rows["length"]:
         raise ValueError(f"no document yields a piece of >= {min_len} tokens")
     return datasets.Dataset.from_dict(rows)
+
+
+def _lm_pieces(texts: Iterable[str], tokenizer: Any, max_len: int, min_len: int, batch: int = 64) -> Iterator[list[int]]:
+    """Token pieces of <= ``max_len`` (each document + EOS, cut from the left), tokenized ``batch`` documents at a time."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    texts = iter(texts)
+    while chunk := list(itertools.islice(texts, batch)):
+        for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+            ids = ids + eos
+            for start in range(0, len(ids), max_len):
+                piece = ids[start:start + max_len]
+                if len(piece) >= min_len:
+                    yield piece
+
+
+def _write_arrow(pieces: Iterator[list[int]], path: Path, min_len: int):
+    """Write LM rows to an Arrow file (via a temporary name, so a killed run leaves no half file) and map it."""
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    rows = 0
+    with ArrowWriter(path=str(tmp)) as writer:
+        for piece in pieces:
+            writer.write({"input_ids": piece, "labels": piece, "length": len(piece)})
+            rows += 1
+        if rows:  # finalize refuses an empty file
+            writer.finalize()
+    if not rows:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"no document yields a piece of >= {min_len} tokens")
+    tmp.replace(path)
+    return datasets.Dataset.from_file(str(path))
+
+
+def link_released_base(model: str, dest: str | Path) -> Path:
+    """Make ``dest`` (``outputs/models/<extended_name>``, what notebook 03 reads) a link to a released extended base.
+
+    A local HF folder is linked as is; a hub id is downloaded once into the Hugging Face cache and its
+    snapshot folder linked, so no weights are copied. An existing ``dest`` must already point there.
+    """
+    source = Path(model).expanduser()
+    source = source if source.is_dir() else _download(model)
+    if not (source / "config.json").is_file():
+        raise FileNotFoundError(f"released_base {model!r}: {source} has no config.json (give an HF model folder or hub id)")
+    dest = Path(dest)
+    if dest.is_symlink() or dest.exists():
+        if dest.resolve() == source.resolve():
+            return dest
+        raise FileExistsError(f"{dest} already holds another model ({dest.resolve()}); remove it or change extended_name")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.symlink_to(source.resolve(), target_is_directory=True)
+    return dest
+
+
+def _download(model: str) -> Path:
+    """The hub snapshot of ``model`` (safetensors only when the repo has them, never both weight formats)."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        files = HfApi().list_repo_files(model)
+    except Exception:  # noqa: BLE001 — offline (HF_HUB_OFFLINE): the cache answers, or snapshot_download names the error
+        files = []
+    skip = ["*.msgpack", "*.h5", "*.ot", "*.onnx"] + (["*.bin", "*.pth"] if any(f.endswith(".safetensors") for f in files) else [])
+    return Path(snapshot_download(model, ignore_patterns=skip))
 
 
 def eval_windows(texts: Iterable[str], tokenizer: Any, length: int, max_windows: int) -> torch.Tensor:

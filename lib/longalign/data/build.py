@@ -1,6 +1,8 @@
 """Notebook 01's steps as library calls: corpus → train/held-out/low-diversity documents → client → records frame.
 
-Keeps the notebook thin: each function is one step of data construction with its counted skips.
+Keeps the notebook thin: each function is one step of data construction with its counted skips and
+changes; :func:`prepare_documents` also returns the counts that notebook 01 writes to
+``outputs/data/build-stats.json``.
 """
 
 from __future__ import annotations
@@ -17,25 +19,48 @@ from longalign.llm import LLMClient
 from longalign.records import read_jsonl
 
 OFFLINE_MODEL = "grounded-offline-v1"
+CHANGE_REASONS = ("control_chars_removed", "trimmed_turns")  # counted records that were kept, changed
 
 
 def prepare_documents(sources: list[str], tokenizer: Any, *, num_documents: int, heldout_documents: int,
                       min_len: int, max_len: int, reserve_tokens: int = 256, alpha: float = 1.0,
                       overlong: str = "truncate", seed: int = 0, skips: Counter | None = None,
-                      limit_per_source: int = 0) -> dict[str, list]:
-    """``{"train": [...], "heldout": [...]}`` documents, length-sampled and cut to ``max_len - reserve_tokens``."""
-    skips = skips if skips is not None else Counter()
-    docs = corpus.measure_tokens(corpus.load_corpus(sources, skips, limit_per_source), tokenizer)
+                      limit_per_source: int = 0) -> dict[str, Any]:
+    """``{"train", "heldout", "stats"}``: length-sampled documents fitted to ``max_len - reserve_tokens`` and their counts.
+
+    Documents longer than that are cut (``overlong="truncate"``) or skipped (``"skip"``, the paper); no document
+    left raises a DataError naming the sources read and every skip reason.
+    """
+    skips = skips if skips is not None else corpus.Skips()
+    counts: dict[str, int] = {}
+    docs = corpus.measure_tokens(corpus.load_corpus(sources, skips, limit_per_source, counts), tokenizer)
     doc_max = max_len - reserve_tokens  # room for the question, the answer and the chat template
     # held-out documents come from the eligible lengths and are removed before training sampling
-    eligible = [d for d in docs if d["n_tokens"] >= min_len]
-    skips["too_short"] += len(docs) - len(eligible)
+    eligible = corpus.filter_lengths(docs, min_len, doc_max, overlong, skips)
+    corpus.require_documents(eligible, f"documents of {min_len}-{doc_max} tokens", counts, skips)
     train_pool, held_pool = corpus.split_heldout(eligible, heldout_documents, seed)
     train = corpus.sample_by_length(train_pool, num_documents, min_len, doc_max, alpha=alpha, overlong=overlong,
                                     seed=seed, skips=skips)
+    corpus.require_documents(train, "training documents (all eligible ones were held out)", counts, skips)
     cut = [corpus.truncate_doc(d, tokenizer, doc_max) for d in train]
     held = [corpus.truncate_doc(d, tokenizer, doc_max) for d in held_pool]
-    return {"train": cut, "heldout": held}
+    stats = {"sources": counts, "documents": len(docs), "eligible": len(eligible), "overlong": overlong,
+             "doc_max_tokens": doc_max, "train": len(cut), "heldout": len(held),
+             "truncated": sum(d["truncated"] for d in cut + held), "skips": skip_report(skips)}
+    return {"train": cut, "heldout": held, "stats": stats}
+
+
+def skip_report(skips: Counter) -> dict[str, Any]:
+    """Skip counts by reason for a stats record (with example places when ``skips`` is a ``corpus.Skips``)."""
+    return skips.report() if isinstance(skips, corpus.Skips) else {r: {"count": n} for r, n in sorted(skips.items())}
+
+
+def loaded_summary(rows: list[dict[str, Any]], skips: Counter) -> dict[str, Any]:
+    """A file-loaded set (e.g. LongAlpaca-12k) summarised with the keys of a generation run's summary."""
+    changed = sum(skips[r] for r in CHANGE_REASONS)
+    dropped = sum(skips.values()) - changed
+    return {"documents": len(rows) + dropped, "already_done": 0, "written": len(rows), "records_total": len(rows),
+            "skipped": dropped, "changed": changed, "skips": dict(skips), "llm_cost_usd": 0.0}
 
 
 def low_diversity_documents(docs: list[dict[str, Any]], n: int, source: str | None = None) -> list[dict[str, Any]]:

@@ -1,17 +1,22 @@
 """Short general instruction data (ShareGPT) and the training suites / held-out set that notebook 01 writes.
 
 Loader: ShareGPT (``conversations`` with ``from``/``value``; roles human/gpt/system and aliases),
-chat (``messages`` with ``role``/``content``) or Alpaca (``instruction``/``input``/``output``, as in
-LongAlpaca-12k) rows from ``.json`` or ``.jsonl(.gz)``; roles normalised, conversations with an
-empty assistant response dropped (paper §4.1), every drop counted by reason.
+chat (``messages`` with ``role``/``content``) or Alpaca (``instruction``/``input``/``output``) rows from
+``.json`` or ``.jsonl(.gz)``; roles normalised, conversations with an empty assistant response dropped
+(paper §4.1), exact duplicates dropped, leading non-user / trailing user turns trimmed: every drop and
+change counted by reason (errors and examples name ``file:line``). :func:`load_longalpaca` reads the
+real LongAlpaca-12k (``LongAlpaca-12k.json``: a JSON list of ``{"instruction", "output"}``, the
+instruction holding the document and the question; LongLoRA's README and SFT script) for the
+paper profile's ``longalpaca`` suite.
 
 Offline short set for the cpu profile: questions about the public functions and classes of the
 Python standard library answered by their docstrings (a deterministic, licence-clean stand-in for
 ShareGPT). MT-Bench questions are deliberately NOT used here: notebook 07 evaluates on MT-Bench.
 
 Suites (paper §4.1, cpu-scaled): ``long0`` / ``long5`` / ``long10`` = the short data + none / a
-seeded half / all of the long records; ``longalpaca`` = the short data + as many long records as
-``long10`` but of low diversity (one source, one task type). Files: ``outputs/data/mix-{suite}.jsonl``
+seeded half / all of the long records; ``longalpaca`` = the short data + LongAlpaca-12k (paper
+profile) or, as the cpu stand-in, as many long records as ``long10`` but of low diversity (one
+source, one task type). Files: ``outputs/data/mix-{suite}.jsonl``
 and ``outputs/data/heldout-longqa.jsonl`` (rows ``{id, question, context, answer, messages, meta}``).
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import json
 import random
 import sys
@@ -27,26 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from longalign import paths
-from longalign.records import DataError, read_jsonl, write_jsonl
+from longalign.data import corpus
+from longalign.records import DataError, read_jsonl_lines, write_jsonl
 
 ROLE_MAP = {"human": "user", "user": "user", "prompter": "user", "gpt": "assistant", "assistant": "assistant",
             "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
 SUITES = ("long0", "long5", "long10", "longalpaca")
 
 
-def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(position, row) pairs from a JSON list or JSONL(.gz) file; malformed input raises DataError naming it."""
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from err
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}: not valid UTF-8 ({err.reason})") from err
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of conversations, got {type(data).__name__}")
-        return list(enumerate(data, start=1))
-    return list(enumerate(read_jsonl(path), start=1))
+def _rows(path: Path) -> list[tuple[int, Any]]:
+    """(line, row) pairs from a JSON list or JSONL(.gz) file; malformed input raises DataError naming ``file:line``."""
+    if corpus.file_kind(path) == "json":
+        return corpus.read_json_list(path)
+    return list(read_jsonl_lines(path))
 
 
 def raw_turns(row: dict[str, Any]) -> list[tuple[Any, Any]] | None:
@@ -61,8 +60,9 @@ def raw_turns(row: dict[str, Any]) -> list[tuple[Any, Any]] | None:
     return None
 
 
-def normalize_turns(turns: list[tuple[Any, Any]]) -> tuple[list[dict[str, str]] | None, str | None]:
-    """(messages, None) or (None, skip reason): roles mapped, leading non-user turns and a trailing user turn dropped."""
+def normalize_turns(turns: list[tuple[Any, Any]], where: str = "",
+                    skips: Counter | None = None) -> tuple[list[dict[str, str]] | None, str | None]:
+    """(messages, None) or (None, skip reason): roles mapped; leading non-user and trailing user turns dropped (counted)."""
     msgs = []
     for role, text in turns:
         role = ROLE_MAP.get(str(role).lower()) if role is not None else None
@@ -74,32 +74,54 @@ def normalize_turns(turns: list[tuple[Any, Any]]) -> tuple[list[dict[str, str]] 
             return None, "empty_response"
         msgs.append({"role": role, "content": text})
     system = [m for m in msgs[:1] if m["role"] == "system"]
-    body = msgs[len(system):]
-    while body and body[0]["role"] != "user":
-        body = body[1:]
-    while body and body[-1]["role"] != "assistant":
-        body = body[:-1]
+    body = _trim_body(msgs[len(system):])
     if not body:
         return None, "no_response"
     if any(a["role"] == b["role"] or a["role"] == "system" for a, b in zip(body, body[1:])):
         return None, "non_alternating"
+    if len(system) + len(body) < len(msgs):  # a kept conversation that lost turns is a changed record
+        corpus.note_skip(skips, "trimmed_turns", where)
     return system + body, None
 
 
+def _trim_body(body: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The turns from the first user turn to the last assistant turn."""
+    start = next((i for i, m in enumerate(body) if m["role"] == "user"), len(body))
+    end = next((i + 1 for i in range(len(body) - 1, -1, -1) if body[i]["role"] == "assistant"), 0)
+    return body[start:end]
+
+
 def load_sharegpt(path: str | Path, skips: Counter | None = None, source: str = "sharegpt") -> list[dict[str, Any]]:
-    """Short chat rows ``{messages, meta}`` from a ShareGPT/chat/Alpaca file; drops counted in ``skips``."""
-    path, skips = Path(path), skips if skips is not None else Counter()
-    out = []
-    for n, row in _rows(path):
-        turns = raw_turns(row) if isinstance(row, dict) else None
+    """Short chat rows ``{messages, meta}`` from a ShareGPT/chat/Alpaca file; drops and changes counted in ``skips``."""
+    return _load_chats(Path(path), skips, source, "short")
+
+
+def load_longalpaca(path: str | Path, skips: Counter | None = None) -> list[dict[str, Any]]:
+    """Long chat rows from LongAlpaca-12k's JSON list of ``{"instruction": document + question, "output": answer}``."""
+    return _load_chats(Path(path), skips, "longalpaca-12k", "long", alpaca_only=True)
+
+
+def _load_chats(path: Path, skips: Counter | None, source: str, kind: str, alpaca_only: bool = False) -> list[dict[str, Any]]:
+    """Normalised chat rows of one file; unusable rows and exact duplicates are counted skips."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{source} file {path} does not exist: download it or fix the path parameter")
+    skips = skips if skips is not None else Counter()
+    out, seen = [], set()
+    for n, (line, row) in enumerate(_rows(path), start=1):
+        where = f"{path}:{line}"
+        turns = raw_turns(row) if isinstance(row, dict) and (not alpaca_only or "instruction" in row) else None
         if turns is None:
-            raise DataError(f"{path}:{n}: expected 'conversations', 'messages' or 'instruction'/'output'")
-        msgs, reason = normalize_turns(turns)
-        if reason:
-            skips[reason] += 1
+            expected = "'instruction' and 'output' (LongAlpaca format)" if alpaca_only else \
+                "'conversations', 'messages' or 'instruction'/'output'"
+            raise DataError(f"{where}: expected {expected}")
+        msgs, reason = normalize_turns(turns, where, skips)
+        key = hashlib.sha1(json.dumps(msgs, ensure_ascii=False).encode()).digest() if msgs else b""
+        if reason or key in seen:
+            corpus.note_skip(skips, reason or "duplicate", where)
             continue
-        out.append({"messages": msgs, "meta": {"id": str(row.get("id", f"{path.stem}:{n}")), "source": source,
-                                              "kind": "short"}})
+        seen.add(key)
+        row_id = str(row.get("id", f"{path.stem}:{n}"))
+        out.append({"messages": msgs, "meta": {"id": row_id, "source": source, "kind": kind}})
     return out
 
 
