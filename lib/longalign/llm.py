@@ -6,7 +6,7 @@ backoff + jitter (429, 5xx, 529 overloaded, timeouts, malformed bodies, empty co
 on-disk response cache keyed by (backend, base_url, model, messages, params) so reruns cost nothing,
 token/cost accounting from the provider's billed usage, and a hard ``max_cost_usd`` cap.
 
-The cap holds with any concurrency. Before an attempt is sent, its worst-case cost is reserved under
+The cap holds with any concurrency, and across clients that share a :class:`Budget`. Before an attempt is sent, its worst-case cost is reserved under
 a lock: every UTF-8 byte of the prompt counted as one input token (a byte-level BPE tokenizer never
 makes more tokens than bytes; plus a per-message allowance for the chat framing) and ``max_tokens``
 output tokens, at the model's price. An attempt whose reservation would take billed spend + unknown
@@ -190,6 +190,37 @@ def error_class(err: Exception) -> str:
     return f"other:{type(err).__name__}"
 
 
+class Budget:
+    """A spending cap that clients share: billed + unknown bills + reservations never pass ``max_cost_usd``.
+
+    One per job: a judge's per-run clients share one, so ``max_cost_usd`` caps the whole sweep.
+    """
+
+    def __init__(self, max_cost_usd: float | None = None):
+        self.max_cost_usd = max_cost_usd
+        self.billed, self.unknown, self.reserved = 0.0, 0.0, 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self, cost: float, who: str) -> None:
+        """Hold ``cost`` for a request about to be sent, or raise BudgetExceeded (then nothing is sent)."""
+        with self._lock:
+            cap = self.max_cost_usd
+            if cap is not None and self.billed + self.unknown + self.reserved + cost > cap:
+                raise BudgetExceeded(
+                    f"[{who}] stopping before the cap: billed ${self.billed:.4f} + unknown bills ${self.unknown:.4f}"
+                    f" + ${self.reserved:.4f} reserved in flight + this request's worst case ${cost:.4f} would "
+                    f"exceed max_cost_usd=${cap:.4f}. Finished work is kept and cached; raise max_cost_usd and "
+                    "rerun to continue.", kind="budget")
+            self.reserved += cost
+
+    def settle(self, reserved: float, billed: float, unknown: float = 0.0) -> None:
+        """Replace a reservation by the provider's bill (``unknown``: the worst case kept for an unknown bill)."""
+        with self._lock:
+            self.reserved -= reserved
+            self.billed += billed
+            self.unknown += unknown
+
+
 class LLMClient:
     """Chat completions with retries, cache, accounting and a hard cost cap, for one backend + model."""
 
@@ -197,12 +228,13 @@ class LLMClient:
                  max_retries: int = 6, timeout_s: float = 120.0, cache_dir: str | Path | None = None,
                  max_cost_usd: float | None = None, prices: dict[str, Any] | None = None,
                  offline_fn: Callable[[list[dict[str, str]]], str] | None = None, local_model: Any = None,
-                 backoff_s: float = 1.0, max_backoff_s: float = 60.0, seed: int = 0):
+                 backoff_s: float = 1.0, max_backoff_s: float = 60.0, seed: int = 0, budget: Budget | None = None):
         _check_backend(backend, base_url, offline_fn)
         self.backend, self.model, self.base_url = backend, model, base_url
         self.concurrency, self.max_retries, self.timeout_s = max(1, concurrency), max_retries, timeout_s
         self.cache_dir = Path(cache_dir) if cache_dir is not None else paths.cache() / "llm"
-        self.max_cost_usd, self.prices = max_cost_usd, prices
+        self.prices = prices
+        self.budget = budget if budget is not None else Budget(max_cost_usd)  # shared when given
         # Paid backends need a price up front: the cap and the accounting depend on it.
         self.price = require_price(model, prices) if backend in PAID_BACKENDS else (0.0, 0.0)
         self.offline_fn, self.backoff_s, self.max_backoff_s = offline_fn, backoff_s, max_backoff_s
@@ -211,11 +243,20 @@ class LLMClient:
         self._lock = threading.Lock()
         self._local_lock = threading.Lock()  # one generate() at a time: torch already uses all cores
         self._rng = random.Random(seed)
-        self._reserved, self._overrun, self._answered, self._fatal = 0.0, 1.0, False, None
+        self._overrun, self._answered, self._fatal = 1.0, False, None
         self._private_dirs: set[Path] = set()
         self.errors: dict[str, dict[str, Any]] = {}  # class -> {count, failed, example}
         self.stats = {"requests": 0, "api_calls": 0, "retries": 0, "cache_hits": 0, "failures": 0,
                       "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "cost_unknown_usd": 0.0}
+
+    @property
+    def max_cost_usd(self) -> float | None:
+        """The hard cap of this client's :class:`Budget` (None: no cap)."""
+        return self.budget.max_cost_usd
+
+    @max_cost_usd.setter
+    def max_cost_usd(self, value: float | None) -> None:
+        self.budget.max_cost_usd = value
 
     def __repr__(self) -> str:
         return f"LLMClient(backend={self.backend!r}, model={self.model!r}, base_url={self.base_url!r})"
@@ -313,13 +354,15 @@ class LLMClient:
         return total
 
     def check_budget(self, requests: Iterable[Any], expected_output_tokens: int = 512) -> float:
-        """Print the cost estimate and raise BudgetExceeded before spending if it exceeds ``max_cost_usd``."""
+        """Print the cost estimate; raise BudgetExceeded before spending if it exceeds what is left of the cap."""
         est = self.estimate_cost(requests, expected_output_tokens)
-        cap = "no cap" if self.max_cost_usd is None else f"cap ${self.max_cost_usd:.2f}"
-        print(f"[{self.backend}:{self.model}] estimated cost of uncached requests: ${est:.4f} ({cap})")
-        if self.max_cost_usd is not None and est > self.max_cost_usd:
-            raise BudgetExceeded(f"estimated cost ${est:.4f} exceeds max_cost_usd=${self.max_cost_usd:.4f}: "
-                                 "raise max_cost_usd or ask for less", kind="budget")
+        cap = self.max_cost_usd
+        spent = self.budget.billed + self.budget.unknown
+        print(f"[{self.backend}:{self.model}] estimated cost of uncached requests: ${est:.4f} "
+              f"({'no cap' if cap is None else f'cap ${cap:.2f}, ${spent:.4f} spent so far'})")
+        if cap is not None and est > cap - spent:
+            raise BudgetExceeded(f"estimated cost ${est:.4f} exceeds what is left of max_cost_usd=${cap:.4f} "
+                                 f"(${spent:.4f} already spent): raise max_cost_usd or ask for less", kind="budget")
         return est
 
     def worst_case_cost(self, messages: list[dict[str, str]], max_tokens: int) -> float:
@@ -341,8 +384,9 @@ class LLMClient:
         for attempt in range(self.max_retries + 1):
             try:
                 comp = self._attempt(msgs, params, billed)
-                if comp.text.strip():
-                    return comp
+                if comp.text.strip():  # the answer, with what all its attempts were billed (empty ones too)
+                    return Completion(comp.text, billed.input_tokens, billed.output_tokens, billed.cost_usd,
+                                      False, comp.model)
                 raise EmptyCompletion(f"{self.model} returned an empty completion")
             except BudgetExceeded:
                 raise
@@ -369,23 +413,16 @@ class LLMClient:
         if self.backend not in PAID_BACKENDS:
             return 0.0
         cost = self.worst_case_cost(msgs, max_tokens)
-        with self._lock:
-            spent, unknown = self.stats["cost_usd"], self.stats["cost_unknown_usd"]
-            if self.max_cost_usd is not None and spent + unknown + self._reserved + cost > self.max_cost_usd:
-                raise BudgetExceeded(
-                    f"[{self.backend}:{self.model}] stopping before the cap: billed ${spent:.4f} + unknown bills "
-                    f"${unknown:.4f} + ${self._reserved:.4f} reserved in flight + this request's worst case "
-                    f"${cost:.4f} would exceed max_cost_usd=${self.max_cost_usd:.4f}. Finished work is kept and "
-                    "cached; raise max_cost_usd and rerun to continue.", kind="budget")
-            self._reserved += cost
+        self.budget.reserve(cost, f"{self.backend}:{self.model}")
         return cost
 
     def _settle(self, reserved: float, comp: Completion | None, unknown: bool = False) -> None:
         """Replace a reservation by the bill; an unknown bill (timeout, unreadable body) keeps the reservation."""
+        kept = reserved if comp is None and unknown else 0.0
+        self.budget.settle(reserved, comp.cost_usd if comp is not None else 0.0, kept)
         with self._lock:
-            self._reserved -= reserved
+            self.stats["cost_unknown_usd"] += kept
             if comp is None:
-                self.stats["cost_unknown_usd"] += reserved if unknown else 0.0
                 return
             self._answered = True
             self.stats["input_tokens"] += comp.input_tokens
