@@ -183,6 +183,7 @@ def test_non_retryable_failures_stop_the_job_at_once(kind, failure, expect, fake
     assert client.stats["api_calls"] <= 4 and client.stats["retries"] == 0  # first failures only, no retries
     out = capsys.readouterr().out
     assert "API errors by class" in out and err.value.kind in out
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # the keyed SDK error is not chained
     for text in (msg, out, repr(client)):
         assert PLANTED_KEYS["anthropic"] not in text and PLANTED_KEYS["openai"] not in text
     with pytest.raises(FatalAPIError):  # the client stays stopped: nothing more is sent

@@ -386,7 +386,17 @@ def test_notebook_01_over_fake_anthropic_never_leaks_the_key(fake_api, planted_k
     rows = _read(paths.data_dir() / "mix-long10.jsonl")
     assert sum(r["meta"]["kind"] == "long" for r in rows) == params["num_documents"]
     assert all(r["meta"]["backend"] == "anthropic" for r in rows if r["meta"]["kind"] == "long")
-    files = [executed, *paths.outputs().rglob("*"), *(tmp_path / "llm").rglob("*")]
+    # a rejected key stops the notebook at the generation cell with the provider's message, not an IndexError later
+    bad = fake_api(fail_status=401)
+    failed = tmp_path / "01-bad.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(paths.NOTEBOOKS / "01_data_construction.ipynb"), str(failed),
+                                   parameters={**params, "base_url": bad.anthropic_base_url, "output_path": "bad.jsonl"},
+                                   kernel_name="python3", progress_bar=False, log_output=False)
+    assert err.value.ename == "FatalAPIError" and "ANTHROPIC_API_KEY" in err.value.evalue, err.value.evalue
+    assert bad.anthropic_base_url in err.value.evalue and len(bad.requests) <= params["concurrency"]
+    assert "auth: " in failed.read_text()  # the error counts by class were printed
+    files = [executed, failed, *paths.outputs().rglob("*"), *(tmp_path / "llm").rglob("*")]
     for path in (p for p in files if p.is_file()):
         data = path.read_bytes()
         assert PLANTED_KEYS["anthropic"].encode() not in data and PLANTED_KEYS["openai"].encode() not in data, path

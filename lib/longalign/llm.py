@@ -234,7 +234,9 @@ class LLMClient:
         self.concurrency, self.max_retries, self.timeout_s = max(1, concurrency), max_retries, timeout_s
         self.cache_dir = Path(cache_dir) if cache_dir is not None else paths.cache() / "llm"
         self.prices = prices
-        self.budget = budget if budget is not None else Budget(max_cost_usd)  # shared when given
+        if budget is not None and max_cost_usd is not None:
+            raise ValueError("give max_cost_usd or a shared budget=Budget(max_cost_usd), not both")
+        self.budget = budget if budget is not None else Budget(max_cost_usd)
         # Paid backends need a price up front: the cap and the accounting depend on it.
         self.price = require_price(model, prices) if backend in PAID_BACKENDS else (0.0, 0.0)
         self.offline_fn, self.backoff_s, self.max_backoff_s = offline_fn, backoff_s, max_backoff_s
@@ -438,8 +440,8 @@ class LLMClient:
         delay = None if fatal else self._retry_delay(err, attempt)
         given_up = fatal or delay is None or attempt == self.max_retries
         self._record_error(kind, err, given_up)
-        if fatal:
-            raise self._stop(err, kind)
+        if fatal:  # not chained: the provider's own error may echo the key
+            raise self._stop(err, kind) from None
         if given_up:
             raise LLMError(scrub(f"{self.backend}:{self.model} failed after {attempt + 1} attempt(s): "
                                  f"{type(err).__name__}: {err}"), kind=kind, billed_usd=billed.cost_usd,
