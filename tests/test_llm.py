@@ -161,6 +161,21 @@ def test_hard_cap_holds_with_concurrency_when_the_provider_bills_more(kind, fake
     assert "API errors by class" in out and "empty:" in out and "malformed:" in out and "e.g." in out
 
 
+def test_a_bill_past_its_reservation_grows_later_reservations(fake_api, planted_keys, tmp_path):
+    # 8x the estimate is 2 tokens per byte: more than the byte bound a reservation assumes
+    api = fake_api(lambda msgs: "ok", bill_input_factor=8.0)
+    client = _client("anthropic", api, tmp_path, concurrency=1)
+    prompts = [f"q{i} " + "lorem ipsum " * 40 for i in range(30)]
+    first = client.worst_case_cost([{"role": "user", "content": prompts[0]}], 8)
+    client.complete(prompts[0], max_tokens=8)
+    overrun = api.billed_usd(price_for("claude-2.1")) - first
+    assert overrun > 0 and client.worst_case_cost([{"role": "user", "content": prompts[0]}], 8) > first + overrun
+    client.max_cost_usd = cap = 10 * first
+    with pytest.raises(BudgetExceeded):
+        list(client.complete_many([{"messages": p, "max_tokens": 8} for p in prompts[1:]], desc="t"))
+    assert api.billed_usd(price_for("claude-2.1")) <= cap  # later bills stay within their grown reservations
+
+
 def _closed_port_url() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -203,7 +218,8 @@ def test_invalid_base_url_and_unknown_price_are_clear_errors(tmp_path):
 
 def test_scrub_hides_keys_and_key_like_echoes(planted_keys):
     assert scrub(f"a {PLANTED_KEYS['anthropic']} b") == "a *** b"
-    assert scrub("Incorrect API key provided: sk-proj-********************abcd.") == "Incorrect API key provided: sk-***."
+    echo = "Incorrect API key provided: sk-proj-********************abcd."
+    assert scrub(echo) == "Incorrect API key provided: sk-***."
     assert scrub("a task-specific answer") == "a task-specific answer"
 
 

@@ -391,7 +391,8 @@ def test_notebook_01_over_fake_anthropic_never_leaks_the_key(fake_api, planted_k
     failed = tmp_path / "01-bad.ipynb"
     with pytest.raises(papermill.PapermillExecutionError) as err:
         papermill.execute_notebook(str(paths.NOTEBOOKS / "01_data_construction.ipynb"), str(failed),
-                                   parameters={**params, "base_url": bad.anthropic_base_url, "output_path": "bad.jsonl"},
+                                   parameters={**params, "base_url": bad.anthropic_base_url,
+                                               "output_path": "bad.jsonl"},
                                    kernel_name="python3", progress_bar=False, log_output=False)
     assert err.value.ename == "FatalAPIError" and "ANTHROPIC_API_KEY" in err.value.evalue, err.value.evalue
     assert bad.anthropic_base_url in err.value.evalue and len(bad.requests) <= params["concurrency"]

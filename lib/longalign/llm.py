@@ -6,16 +6,19 @@ backoff + jitter (429, 5xx, 529 overloaded, timeouts, malformed bodies, empty co
 on-disk response cache keyed by (backend, base_url, model, messages, params) so reruns cost nothing,
 token/cost accounting from the provider's billed usage, and a hard ``max_cost_usd`` cap.
 
-The cap holds with any concurrency, and across clients that share a :class:`Budget`. Before an attempt is sent, its worst-case cost is reserved under
-a lock: every UTF-8 byte of the prompt counted as one input token (a byte-level BPE tokenizer never
-makes more tokens than bytes; plus a per-message allowance for the chat framing) and ``max_tokens``
-output tokens, at the model's price. An attempt whose reservation would take billed spend + unknown
-bills + reservations in flight past the cap is not sent: the job stops with ``BudgetExceeded``. When
-the answer arrives the reservation is replaced by what the provider billed (its ``usage``; empty
-answers included). A timeout or an unreadable body may still have been billed, so such an attempt
-keeps its whole reservation as spent. Billed spend therefore never exceeds the cap as long as each
-bill stays within its reservation; should a provider ever bill more, the overrun counts against the
-cap at once and later reservations are scaled up by the observed ratio.
+The cap holds with any concurrency, and across clients that share a :class:`Budget`. Before an
+attempt is sent, its worst-case cost is reserved under a lock: every UTF-8 byte of the prompt
+counted as one input token (a byte-level BPE tokenizer never makes more tokens than bytes; plus a
+per-message allowance for the chat framing; for English text about 4x the expected count, the slack
+that absorbs a provider counting more tokens than expected) and ``max_tokens`` output tokens, at the
+model's price. An attempt whose reservation would take billed spend + unknown bills + reservations
+in flight past the cap is not sent: the job stops with ``BudgetExceeded``. When the answer arrives
+the reservation is replaced by what the provider billed (its ``usage``; empty answers included). A
+timeout or an unreadable body may still have been billed, so such an attempt keeps its whole
+reservation as spent. Billed spend therefore never exceeds the cap as long as each bill stays within
+its reservation; should a provider ever bill more, the overrun counts against the cap at once and
+later reservations are scaled up by 1.25x the observed ratio, so only the attempts already in flight
+can overshoot.
 
 Failures no retry can fix (401/403/404, a missing key, an invalid ``base_url``, nothing listening or
 an unknown host before any request has succeeded) stop the job at the first occurrence with a

@@ -14,10 +14,11 @@ A ``local`` judge can also rate by probability (``rating="logprob"``): the reply
 ``[[n]]`` when generating freely; this always yields a rating, and the distribution is recorded.
 
 Money and failures are :class:`LLMClient`'s: the clients of all scoring runs share one
-:class:`longalign.llm.Budget`, so ``max_cost_usd`` is a hard cap on everything the judge sends, and a
-sweep stops (raising ``BudgetExceeded``) before a request could pass it; a bad key, wrong ``base_url`` or unreachable server stops it at the first request
-(``FatalAPIError``). What the provider billed, empty and unparseable replies included, is in
-:attr:`Judge.stats` and in each verdict.
+:class:`longalign.llm.Budget`, so ``max_cost_usd`` is a hard cap on everything the judge sends, and
+a sweep stops (raising ``BudgetExceeded``) before a request could pass it; a bad key, wrong
+``base_url`` or unreachable server stops it at the first request (``FatalAPIError``). What the
+provider billed, empty and unparseable replies included, is in :attr:`Judge.stats` and in each
+verdict.
 """
 
 from __future__ import annotations
