@@ -11,6 +11,7 @@ import time
 import pytest
 
 from fakeapi import PLANTED_KEYS, fake_api, planted_keys  # noqa: F401 — pytest fixtures
+from longalign import paths
 from longalign.llm import KEY_ENV, BudgetExceeded, FatalAPIError, LLMClient, LLMError, price_for, scrub
 
 FAST = dict(timeout_s=1.0, backoff_s=0.005, max_backoff_s=0.02, max_retries=6)  # timeout well above loaded latency
@@ -237,8 +238,10 @@ def test_response_cache_is_owner_only_whatever_the_umask(tmp_path):
     try:
         client = LLMClient("offline", "m", offline_fn=lambda m: "private answer", cache_dir=tmp_path / "c" / "llm")
         client.complete("my private document")
+        data = paths.data_dir()  # outputs/data holds documents too
     finally:
         os.umask(old)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
     files = [p for p in (tmp_path / "c" / "llm").rglob("*") if p.is_file()]
     dirs = [tmp_path / "c" / "llm", *[p for p in (tmp_path / "c" / "llm").rglob("*") if p.is_dir()]]
     assert len(files) == 1 and len(dirs) == 2
