@@ -21,6 +21,13 @@ through. Fault kinds: ``429`` (with retry-after), ``500``, ``529`` (overloaded; 
 500 on OpenAI), ``timeout`` (sleeps ``timeout_sleep_s`` before answering), ``empty`` (a valid
 answer with empty text), ``malformed`` (HTTP 200 with a truncated JSON body). Listens on
 127.0.0.1 on a random port; ``stop()`` (or the fixture's teardown) shuts it down.
+
+Billing: every answer that the server computes (clean, empty, malformed, or sent after a timeout)
+is billed like a real provider and logged as ``billed = (input_tokens, output_tokens)``;
+``bill_input_factor`` inflates the input count and ``bill_output="max_tokens"`` bills the request's
+whole ``max_tokens`` (hidden reasoning tokens), so a client can be made to spend more than it
+expects. ``fail_status`` (401, 403 or 404) answers every request with that provider error, the 401
+echoing the presented key as a careless proxy might; error statuses are not billed.
 """
 
 from __future__ import annotations
@@ -53,7 +60,8 @@ class FakeAPI:
 
     def __init__(self, responder: Responder | None = None, *, fault_rate: float = 0.0,
                  faults: tuple[str, ...] = FAULTS, seed: int = 0, max_faults_per_prompt: int = 3,
-                 timeout_sleep_s: float = 1.0, retry_after_s: float = 0.0):
+                 timeout_sleep_s: float = 1.0, retry_after_s: float = 0.0, bill_input_factor: float = 1.0,
+                 bill_output: str = "text", fail_status: int | None = None):
         unknown = set(faults) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
@@ -61,6 +69,9 @@ class FakeAPI:
         self.fault_rate, self.faults, self.seed = fault_rate, tuple(faults), seed
         self.max_faults_per_prompt, self.timeout_sleep_s = max_faults_per_prompt, timeout_sleep_s
         self.retry_after_s = retry_after_s
+        if bill_output not in ("text", "max_tokens") or fail_status not in (None, 401, 403, 404):
+            raise ValueError(f"bill_output must be text|max_tokens, fail_status None|401|403|404")
+        self.bill_input_factor, self.bill_output, self.fail_status = bill_input_factor, bill_output, fail_status
         self.requests: list[dict[str, Any]] = []  # one dict per HTTP request: path, kind, prompt, fault, headers
         self._attempts: Counter[str] = Counter()
         self._faults_in_row: Counter[str] = Counter()
@@ -125,6 +136,17 @@ class FakeAPI:
         with self._lock:
             return Counter(r["fault"] for r in self.requests)
 
+    def billed_tokens(self) -> tuple[int, int]:
+        """(input, output) tokens billed over every answer the server computed."""
+        with self._lock:
+            bills = [r["billed"] for r in self.requests if r.get("billed")]
+        return sum(b[0] for b in bills), sum(b[1] for b in bills)
+
+    def billed_usd(self, price: tuple[float, float]) -> float:
+        """What the provider billed in USD at ``price`` = (input, output) USD per million tokens."""
+        n_in, n_out = self.billed_tokens()
+        return (n_in * price[0] + n_out * price[1]) / 1e6
+
     def auth_headers(self, kind: str | None = None) -> list[dict[str, str | None]]:
         """The ``authorization`` and ``x-api-key`` headers of every request (``kind``: anthropic|openai)."""
         with self._lock:
@@ -164,27 +186,34 @@ class _Handler(BaseHTTPRequestHandler):
         messages = _request_messages(kind, req)
         prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         key = json.dumps(messages, sort_keys=True)
-        fault = self.api._decide(key)
+        fault = self.api._decide(key) if self.api.fail_status is None else str(self.api.fail_status)
         headers = {"authorization": self.headers.get("authorization"), "x-api-key": self.headers.get("x-api-key")}
-        self.api._log({"path": path, "kind": kind, "model": req.get("model"), "prompt": prompt, "fault": fault,
-                       "headers": headers, "time": time.time()})
+        entry = {"path": path, "kind": kind, "model": req.get("model"), "prompt": prompt, "fault": fault,
+                 "headers": headers, "time": time.time(), "billed": None}
+        self.api._log(entry)
         try:
-            self._respond(kind, req, messages, fault)
+            self._respond(kind, req, messages, fault, entry)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client timed out and went away: expected for the timeout fault
 
-    def _respond(self, kind: str, req: dict[str, Any], messages: list[dict[str, str]], fault: str | None) -> None:
+    def _respond(self, kind: str, req: dict[str, Any], messages: list[dict[str, str]], fault: str | None,
+                 entry: dict[str, Any]) -> None:
         if fault == "timeout":
             time.sleep(self.api.timeout_sleep_s)
             fault = None
-        if fault in ("429", "500", "529"):
+        if fault in ("401", "403", "404", "429", "500", "529"):
             status = 500 if (fault == "529" and kind == "openai") else int(fault)
             extra = {"retry-after": str(self.api.retry_after_s)} if status == 429 else {}
-            return self._send(status, _error_body(kind, status), extra)
+            key = self.headers.get("x-api-key") or (self.headers.get("authorization") or "").removeprefix("Bearer ")
+            return self._send(status, _error_body(kind, status, key), extra)
+        text = "" if fault == "empty" else self.api.responder(messages)
+        body = _ok_body(kind, req, messages, text, self.api)
+        usage = body["usage"]
+        entry["billed"] = (usage.get("input_tokens", usage.get("prompt_tokens")),
+                           usage.get("output_tokens", usage.get("completion_tokens")))  # billed even if unreadable
         if fault == "malformed":
             return self._send_raw(200, b'{"id": "msg_trunc", "content": [{"type": "te')
-        text = "" if fault == "empty" else self.api.responder(messages)
-        self._send(200, _ok_body(kind, req, messages, text))
+        self._send(200, body)
 
     def _send(self, status: int, obj: dict[str, Any], extra: dict[str, str] | None = None) -> None:
         self._send_raw(status, json.dumps(obj).encode(), extra)
@@ -217,8 +246,12 @@ def _ntok(text: str) -> int:
     return max(1, len(text.encode("utf-8")) // 4)
 
 
-def _ok_body(kind: str, req: dict[str, Any], messages: list[dict[str, str]], text: str) -> dict[str, Any]:
+def _ok_body(kind: str, req: dict[str, Any], messages: list[dict[str, str]], text: str,
+             api: FakeAPI | None = None) -> dict[str, Any]:
     n_in, n_out = sum(_ntok(m["content"]) for m in messages), (_ntok(text) if text else 0)
+    if api is not None:
+        n_in = int(n_in * api.bill_input_factor + 0.5)
+        n_out = int(req.get("max_tokens") or n_out) if api.bill_output == "max_tokens" else n_out
     if kind == "anthropic":
         return {"id": "msg_fake", "type": "message", "role": "assistant", "model": req.get("model", "fake"),
                 "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
@@ -229,11 +262,14 @@ def _ok_body(kind: str, req: dict[str, Any], messages: list[dict[str, str]], tex
             "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
 
 
-def _error_body(kind: str, status: int) -> dict[str, Any]:
-    etype = {429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}[status]
+def _error_body(kind: str, status: int, key: str = "") -> dict[str, Any]:
+    etype = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
+             500: "api_error", 529: "overloaded_error"}[status]
+    message = {401: f"invalid x-api-key: {key}", 403: "your key may not use this model",
+               404: "model not found"}.get(status, f"injected {status}")
     if kind == "anthropic":
-        return {"type": "error", "error": {"type": etype, "message": f"injected {status}"}}
-    return {"error": {"message": f"injected {status}", "type": etype, "code": None}}
+        return {"type": "error", "error": {"type": etype, "message": message}}
+    return {"error": {"message": message, "type": etype, "code": None}}
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ from collections import Counter
 
 import pandas as pd
 import pytest
-from fakeapi import fake_api, planted_keys  # noqa: F401  (pytest fixtures)
+from fakeapi import PLANTED_KEYS, fake_api, planted_keys  # noqa: F401  (pytest fixtures)
 
 from longalign import paths
 from longalign.eval.judge import (Judge, JudgeRequest, judge_sweep, overlap_score, overlap_tokens, parse_rating,
                                   record_path, results_table, summarise, token_f1)
-from longalign.llm import BudgetExceeded
+from longalign.llm import BudgetExceeded, FatalAPIError, normalize_messages, price_for
 from longalign.records import load_records
 
 
@@ -139,6 +139,54 @@ def test_budget_guard_stops_before_spending(fake_api, planted_keys, tmp_path):  
     with pytest.raises(BudgetExceeded):
         judge_sweep(judge, _requests(2), benchmark="b", model_tag="m", runs=1)
     assert api.requests == []
+
+
+def _judge(api, tmp_path, **kw):
+    return Judge("openai", "gpt-4", base_url=api.openai_base_url, cache_dir=tmp_path, backoff_s=0.01, max_tokens=16,
+                 timeout_s=1.0, **kw)
+
+
+def test_cap_covers_every_run_and_billed_empty_replies_count(fake_api, planted_keys, tmp_path):  # noqa: F811
+    free = fake_api(_rating_responder, fault_rate=0.3, faults=("empty",), seed=4)
+    uncapped = _judge(free, tmp_path / "a", concurrency=1)
+    judge_sweep(uncapped, _requests(8), benchmark="free", model_tag="m", runs=2)
+    price = price_for("gpt-4")
+    billed = free.billed_usd(price)
+    assert free.fault_counts()["empty"] > 0
+    recorded = load_records(paths.results_dir("free"))["cost_usd"].sum()
+    # what the provider billed, empty replies included, is in the judge's stats and in its records
+    assert uncapped.stats["cost_usd"] == pytest.approx(billed) == pytest.approx(recorded)
+    api = fake_api(_rating_responder)
+    reqs = _requests(16)
+    judge_sweep(_judge(api, tmp_path / "b"), reqs, benchmark="one", model_tag="m", runs=1)
+    per_run = api.billed_usd(price)
+    capped = _judge(api, tmp_path / "c", concurrency=1)
+    calls = [dict(messages=r.prompt, system=r.system, max_tokens=16, temperature=0.0) for r in reqs]
+    worst = max(capped.client(0).worst_case_cost(normalize_messages(r.prompt, r.system), 16) for r in reqs)
+    # Room for run 0 (its estimate, and its bill plus one reservation), not for both runs: with a cap per
+    # run, run 1 would also be sent and the total would pass the cap.
+    cap = 1.05 * max(capped.client(0).estimate_cost(calls, 16), per_run + worst)
+    assert cap < 2 * per_run
+    capped = _judge(api, tmp_path / "c", concurrency=1, max_cost_usd=cap)
+    with pytest.raises(BudgetExceeded, match="max_cost_usd"):
+        judge_sweep(capped, reqs, benchmark="capped", model_tag="m", runs=2)
+    assert api.billed_usd(price) - per_run <= cap
+    assert len(load_records(paths.results_dir("capped"))) == 16  # run 0 finished before the stop
+
+
+def test_bad_key_stops_the_sweep_at_once(fake_api, planted_keys, tmp_path):  # noqa: F811
+    api = fake_api(fail_status=401)
+    judge = _judge(api, tmp_path, concurrency=3)
+    with pytest.raises(FatalAPIError, match="OPENAI_API_KEY") as err:
+        judge_sweep(judge, _requests(9), benchmark="b", model_tag="m", runs=2)
+    assert len(api.requests) <= 3 and PLANTED_KEYS["openai"] not in str(err.value)
+    assert not list(paths.results_dir("b").rglob("*.json"))
+
+
+def test_unknown_judge_price_names_the_prices_parameter(tmp_path):
+    with pytest.raises(ValueError, match=r"`prices` parameter.*'my-judge'"):
+        Judge("openai", "my-judge", cache_dir=tmp_path)
+    assert Judge("openai", "my-judge", cache_dir=tmp_path, prices={"my-judge": [0, 0]}).client(0).price == (0.0, 0.0)
 
 
 def test_overlap_judge_records_and_summary():

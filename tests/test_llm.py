@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import random
+import socket
+import stat
+import time
+
 import pytest
 
 from fakeapi import PLANTED_KEYS, fake_api, planted_keys  # noqa: F401 — pytest fixtures
-from longalign.llm import BudgetExceeded, LLMClient, LLMError, price_for, scrub
+from longalign import paths
+from longalign.llm import KEY_ENV, BudgetExceeded, FatalAPIError, LLMClient, LLMError, price_for, scrub
 
 FAST = dict(timeout_s=1.0, backoff_s=0.005, max_backoff_s=0.02, max_retries=6)  # timeout well above loaded latency
 MODELS = {"anthropic": "claude-2.1", "openai": "gpt-4o-mini"}
@@ -71,7 +78,6 @@ def test_errors_are_scrubbed_of_keys(planted_keys, tmp_path):
     assert PLANTED_KEYS["openai"] not in str(err.value) and "***" in str(err.value)
     assert err.value.__cause__ is None and err.value.__suppress_context__  # the original (keyed) error is not chained
     assert client.stats["api_calls"] == 1  # a ValueError is not transient: no retry
-    assert scrub(f"a {PLANTED_KEYS['anthropic']} b") == "a *** b"
 
 
 def test_empty_completions_are_retried_then_fail(tmp_path):
@@ -111,28 +117,136 @@ def test_cache_key_covers_params_and_system(tmp_path):
     assert len(seen) == 4 and seen[2][0] == {"role": "system", "content": "be brief"}
 
 
-def test_budget_guard_before_and_during_spending(fake_api, planted_keys, tmp_path):
+def test_budget_guard_refuses_before_spending(fake_api, planted_keys, tmp_path):
     api = fake_api(lambda msgs: "x" * 400)
     prompts = [f"p{i} " + "word " * 200 for i in range(10)]
     client = _client("anthropic", api, tmp_path, max_cost_usd=0.001, concurrency=1)
     est = client.estimate_cost(prompts, expected_output_tokens=100)
     assert est == pytest.approx(10 * ((len(prompts[0]) // 4 + 5) * 8 + 100 * 24) / 1e6, rel=0.05)
-    with pytest.raises(BudgetExceeded):
+    with pytest.raises(BudgetExceeded, match="max_cost_usd"):
         client.check_budget(prompts, expected_output_tokens=100)
     assert api.requests == []  # refused before any request
-    spender = _client("anthropic", api, tmp_path, max_cost_usd=0.004, concurrency=1)
-    out = dict(spender.complete_many(prompts, desc="t"))
-    stopped = [i for i, r in out.items() if isinstance(r, BudgetExceeded)]
-    assert stopped and len(api.requests) == 10 - len(stopped)
-    assert spender.stats["cost_usd"] >= 0.004 and spender.stats["cost_usd"] < 0.004 + 0.0013
 
 
-def test_unknown_price_needs_an_override(tmp_path):
-    client = LLMClient("openai", "my-finetune", cache_dir=tmp_path)
-    with pytest.raises(ValueError, match="prices="):
-        client.estimate_cost(["hi"])
-    priced = LLMClient("openai", "my-finetune", cache_dir=tmp_path, prices={"my-finetune": (1.0, 2.0)})
+@pytest.mark.parametrize("kind", ["anthropic", "openai"])
+def test_hard_cap_holds_with_concurrency_when_the_provider_bills_more(kind, fake_api, planted_keys, tmp_path, capsys):
+    def slow(msgs):
+        time.sleep(0.02)  # keep 4 requests in flight at once
+        return "ok " + msgs[-1]["content"][:20]
+
+    # The server bills 3x the client's own estimate of input tokens and the whole max_tokens as output;
+    # 30% of answers are empty (billed, retried) or unreadable (billed, usage unknown to the client).
+    api = fake_api(slow, fault_rate=0.3, faults=("empty", "malformed", "429"), seed=11, bill_input_factor=3.0,
+                   bill_output="max_tokens")
+    rng = random.Random(0)
+    prompts = [f"item {i} " + "lorem ipsum " * rng.randint(10, 60) for i in range(60)]
+    client = _client(kind, api, tmp_path, concurrency=4)
+    worst = [client.worst_case_cost([{"role": "user", "content": p}], 60) for p in prompts]
+    client.max_cost_usd = cap = round(20 * sum(worst) / len(worst), 4)  # room for about a third of the prompts
+    done = {}
+    with pytest.raises(BudgetExceeded) as err:
+        for i, res in client.complete_many([{"messages": p, "max_tokens": 60} for p in prompts], desc="t"):
+            done[i] = res
+    price = price_for(MODELS[kind])
+    billed = api.billed_usd(price)
+    assert billed <= cap  # the provider-billed total never passes the cap
+    assert billed >= cap - 8 * max(worst), (billed, cap)  # ... and the job used most of it before stopping
+    assert f"max_cost_usd=${cap:.4f}" in str(err.value) and "billed $" in str(err.value)
+    assert len(done) < len(prompts) and len({r["prompt"] for r in api.requests}) < len(prompts)  # the rest never sent
+    faults = api.fault_counts()
+    assert faults["empty"] and faults["malformed"], faults
+    readable = [r["billed"] for r in api.requests if r["billed"] and r["fault"] != "malformed"]
+    assert client.stats["cost_usd"] == pytest.approx(sum(b[0] * price[0] + b[1] * price[1] for b in readable) / 1e6)
+    assert client.stats["cost_usd"] + client.stats["cost_unknown_usd"] >= billed  # unknown bills kept at worst case
+    out = capsys.readouterr().out
+    assert "API errors by class" in out and "empty:" in out and "malformed:" in out and "e.g." in out
+
+
+def test_a_bill_past_its_reservation_grows_later_reservations(fake_api, planted_keys, tmp_path):
+    # 8x the estimate is 2 tokens per byte: more than the byte bound a reservation assumes
+    api = fake_api(lambda msgs: "ok", bill_input_factor=8.0)
+    client = _client("anthropic", api, tmp_path, concurrency=1)
+    prompts = [f"q{i} " + "lorem ipsum " * 40 for i in range(30)]
+    first = client.worst_case_cost([{"role": "user", "content": prompts[0]}], 8)
+    client.complete(prompts[0], max_tokens=8)
+    overrun = api.billed_usd(price_for("claude-2.1")) - first
+    assert overrun > 0 and client.worst_case_cost([{"role": "user", "content": prompts[0]}], 8) > first + overrun
+    client.max_cost_usd = cap = 10 * first
+    with pytest.raises(BudgetExceeded):
+        list(client.complete_many([{"messages": p, "max_tokens": 8} for p in prompts[1:]], desc="t"))
+    assert api.billed_usd(price_for("claude-2.1")) <= cap  # later bills stay within their grown reservations
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("kind,failure,expect", [
+    ("anthropic", 401, "ANTHROPIC_API_KEY"), ("openai", 403, "may not use model"),
+    ("openai", "no /v1", "/v1 suffix"), ("anthropic", "refused", "nothing answered"),
+    ("openai", "refused", "nothing answered")])
+def test_non_retryable_failures_stop_the_job_at_once(kind, failure, expect, fake_api, planted_keys, tmp_path, capsys):
+    api = fake_api(fail_status=failure if isinstance(failure, int) else None)
+    url = {"no /v1": api.anthropic_base_url, "refused": _closed_port_url()}.get(
+        failure, api.anthropic_base_url if kind == "anthropic" else api.openai_base_url)
+    client = LLMClient(kind, MODELS[kind], base_url=url, cache_dir=tmp_path, concurrency=4, **FAST)
+    with pytest.raises(FatalAPIError) as err:
+        list(client.complete_many([f"q{i}" for i in range(20)], desc="t"))
+    msg = str(err.value)
+    assert expect in msg and url in msg and kind in msg and KEY_ENV[kind] in msg and "What to do" in msg
+    assert client.stats["api_calls"] <= 4 and client.stats["retries"] == 0  # first failures only, no retries
+    out = capsys.readouterr().out
+    assert "API errors by class" in out and err.value.kind in out
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # the keyed SDK error is not chained
+    for text in (msg, out, repr(client)):
+        assert PLANTED_KEYS["anthropic"] not in text and PLANTED_KEYS["openai"] not in text
+    with pytest.raises(FatalAPIError):  # the client stays stopped: nothing more is sent
+        client.complete("another")
+    assert client.stats["api_calls"] <= 4
+
+
+def test_invalid_base_url_and_unknown_price_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="base_url 'localhost:8000/v1' is not a URL"):
+        LLMClient("openai", "gpt-4", base_url="localhost:8000/v1", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"`prices` parameter.*'my-finetune'"):
+        LLMClient("openai", "my-finetune", cache_dir=tmp_path)
+    priced = LLMClient("openai", "my-finetune", cache_dir=tmp_path, prices={"my-finetune": [1.0, 2.0]})
     assert priced.estimate_cost(["abcd" * 100], expected_output_tokens=10) == pytest.approx((104 * 1 + 10 * 2) / 1e6)
+    assert LLMClient("offline", "x", offline_fn=lambda m: "a", cache_dir=tmp_path).price == (0.0, 0.0)
+
+
+def test_scrub_hides_keys_and_key_like_echoes(planted_keys):
+    assert scrub(f"a {PLANTED_KEYS['anthropic']} b") == "a *** b"
+    echo = "Incorrect API key provided: sk-proj-********************abcd."
+    assert scrub(echo) == "Incorrect API key provided: sk-***."
+    assert scrub("a task-specific answer") == "a task-specific answer"
+
+
+def test_cache_key_separates_servers(fake_api, planted_keys, tmp_path):
+    one, two = fake_api(lambda m: "from one"), fake_api(lambda m: "from two")
+    a = LLMClient("openai", "gpt-4o", base_url=one.openai_base_url, cache_dir=tmp_path, **FAST)
+    b = LLMClient("openai", "gpt-4o", base_url=two.openai_base_url, cache_dir=tmp_path, **FAST)
+    assert a.complete("same question").text == "from one"
+    assert b.complete("same question").text == "from two"  # same cache folder, other server: not shared
+    assert a.complete("same question").cached and len(one.requests) == 1
+
+
+def test_response_cache_is_owner_only_whatever_the_umask(tmp_path):
+    old = os.umask(0)  # the most permissive umask: every mode below is set explicitly
+    try:
+        client = LLMClient("offline", "m", offline_fn=lambda m: "private answer", cache_dir=tmp_path / "c" / "llm")
+        client.complete("my private document")
+        data = paths.data_dir()  # outputs/data holds documents too
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    files = [p for p in (tmp_path / "c" / "llm").rglob("*") if p.is_file()]
+    dirs = [tmp_path / "c" / "llm", *[p for p in (tmp_path / "c" / "llm").rglob("*") if p.is_dir()]]
+    assert len(files) == 1 and len(dirs) == 2
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in dirs)
 
 
 def test_local_backend_matches_direct_greedy_generation(tmp_path):

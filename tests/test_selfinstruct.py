@@ -7,6 +7,7 @@ import os
 import random
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from longalign import paths
 from longalign.data import grounded
 from longalign.data.selfinstruct import (PROMPTS, TASK_TYPES, choose_task_type, finished_ids, parse_questions,
                                          repair_jsonl, run_generation)
-from longalign.llm import LLMClient
+from longalign.llm import BudgetExceeded, FatalAPIError, LLMClient, LLMError, price_for
 from longalign.records import DataError
 
 MODELS = {"anthropic": "claude-2.1", "openai": "gpt-4o-mini"}
@@ -197,6 +198,50 @@ def test_api_errors_are_counted_and_retried_on_resume(tmp_path):
     assert sorted(finished_ids(tmp_path / "o.jsonl")) == [d["id"] for d in docs]
 
 
+def test_every_document_failing_at_the_api_stops_with_the_cause(tmp_path):
+    def down(messages):
+        raise ConnectionError("upstream down")
+
+    client = LLMClient("offline", "g", offline_fn=down, cache_dir=tmp_path / "c", max_retries=1, backoff_s=0.001)
+    with pytest.raises(LLMError, match=r"no record written, 3 document\(s\) failed at the API.*connection"):
+        run_generation([synthetic_doc(i) for i in range(3)], client, tmp_path / "o.jsonl")
+
+
+def test_bad_key_stops_generation_at_once_and_keeps_a_summary(fake_api, planted_keys, tmp_path, capsys):
+    api = fake_api(grounded.grounded_responder, fail_status=401)
+    client = LLMClient("anthropic", MODELS["anthropic"], base_url=api.anthropic_base_url, cache_dir=tmp_path / "c",
+                       concurrency=2, **FAST)
+    with pytest.raises(FatalAPIError, match="ANTHROPIC_API_KEY") as err:
+        run_generation([synthetic_doc(i) for i in range(8)], client, tmp_path / "o.jsonl")
+    assert len(api.requests) <= 2 and not (tmp_path / "o.jsonl").exists()
+    summary = json.loads((tmp_path / "o.summary.json").read_text())
+    assert summary["written"] == 0 and summary["errors"]["auth"]["count"] == len(api.requests)
+    assert "ANTHROPIC_API_KEY" in summary["stopped"] and api.anthropic_base_url in summary["stopped"]
+    shown = str(err.value) + json.dumps(summary) + capsys.readouterr().out
+    assert PLANTED_KEYS["anthropic"] not in shown and "auth:" in shown
+
+
+def test_budget_stop_keeps_finished_records_owner_only(fake_api, planted_keys, tmp_path):
+    # the estimate before the run fits the cap; the provider then bills 2x the input and every max_tokens
+    api = fake_api(grounded.grounded_responder, bill_input_factor=2.0, bill_output="max_tokens")
+    client = LLMClient("openai", "gpt-4o", base_url=api.openai_base_url, cache_dir=tmp_path / "c", concurrency=4,
+                       max_cost_usd=0.08, **FAST)
+    out = paths.data_dir() / "long.jsonl"
+    old = os.umask(0o002)
+    try:
+        with pytest.raises(BudgetExceeded, match="max_cost_usd"):
+            run_generation([synthetic_doc(i) for i in range(20)], client, out, max_tokens_questions=256,
+                           max_tokens_answer=256, expected_output_tokens=20)
+    finally:
+        os.umask(old)
+    assert api.billed_usd(price_for("gpt-4o")) <= 0.08
+    summary = json.loads(out.with_name("long.summary.json").read_text())
+    assert 0 < summary["written"] < 20 and "max_cost_usd" in summary["stopped"]
+    assert len(finished_ids(out)) == summary["written"]  # whole records only
+    assert stat.S_IMODE(paths.data_dir().stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (out, out.with_name("long.summary.json")))
+
+
 class CharChatTokenizer:
     """One token per character of the concatenated contents: an exact, independent length reference."""
 
@@ -341,7 +386,18 @@ def test_notebook_01_over_fake_anthropic_never_leaks_the_key(fake_api, planted_k
     rows = _read(paths.data_dir() / "mix-long10.jsonl")
     assert sum(r["meta"]["kind"] == "long" for r in rows) == params["num_documents"]
     assert all(r["meta"]["backend"] == "anthropic" for r in rows if r["meta"]["kind"] == "long")
-    files = [executed, *paths.outputs().rglob("*"), *(tmp_path / "llm").rglob("*")]
+    # a rejected key stops the notebook at the generation cell with the provider's message, not an IndexError later
+    bad = fake_api(fail_status=401)
+    failed = tmp_path / "01-bad.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(paths.NOTEBOOKS / "01_data_construction.ipynb"), str(failed),
+                                   parameters={**params, "base_url": bad.anthropic_base_url,
+                                               "output_path": "bad.jsonl"},
+                                   kernel_name="python3", progress_bar=False, log_output=False)
+    assert err.value.ename == "FatalAPIError" and "ANTHROPIC_API_KEY" in err.value.evalue, err.value.evalue
+    assert bad.anthropic_base_url in err.value.evalue and len(bad.requests) <= params["concurrency"]
+    assert "auth: " in failed.read_text()  # the error counts by class were printed
+    files = [executed, failed, *paths.outputs().rglob("*"), *(tmp_path / "llm").rglob("*")]
     for path in (p for p in files if p.is_file()):
         data = path.read_bytes()
         assert PLANTED_KEYS["anthropic"].encode() not in data and PLANTED_KEYS["openai"].encode() not in data, path

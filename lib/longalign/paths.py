@@ -2,7 +2,11 @@
 
 ``LONGALIGN_OUTPUTS`` redirects all outputs (tests point it at a temporary folder);
 ``LONGALIGN_CACHE`` redirects caches (tokenizers, converted models, API responses).
-Nothing else in the project builds output paths by hand.
+Nothing else in the project builds output paths by hand. Folders that hold prompts, answers or a
+user's documents (``outputs/data``, the API response caches) are owner-only (0700, whatever the
+umask), so that other accounts on a shared machine cannot read them. The folder's mode is the
+protection: files inside keep their writers' modes (``records.atomic_write_text`` makes 0644 for
+the shared results), except those the LLM client and the Self-Instruct pipeline write 0600.
 """
 
 from __future__ import annotations
@@ -33,9 +37,17 @@ def _sub(base: Path, *parts: str) -> Path:
     return path
 
 
+def private_dir(path: str | Path) -> Path:
+    """``path`` created if needed and made owner-only (mode 0700, set explicitly so the umask cannot widen it)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
 def data_dir() -> Path:
-    """``outputs/data``: constructed JSONL data and tokenized Arrow datasets."""
-    return _sub(outputs(), "data")
+    """``outputs/data`` (owner-only: built from a user's documents): constructed JSONL data and Arrow datasets."""
+    return private_dir(outputs() / "data")
 
 
 def models_dir() -> Path:

@@ -11,6 +11,13 @@ Output is append-only JSONL, one line per finished document written with a singl
 from one thread; on start a torn last line (a kill mid-write) is cut off, documents already in the
 file are skipped, so a killed run resumes with exactly one record per document. API responses are
 cached by :class:`longalign.llm.LLMClient`, so the resumed run repeats no paid call.
+
+API failures: a transient one that outlasts its retries skips the document (``api_error``, retried
+on the next run). A job-stopping one (``max_cost_usd`` reached, bad key, wrong ``base_url``, nothing
+listening) ends the run at once: the summary is still written (with ``stopped`` and the error
+counts by class), then the error is raised. A run that wrote nothing because every document failed
+at the API raises too, so that a notebook stops there with the cause instead of further down.
+The output file and its summary are owner-only (0600): they hold a user's documents.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from longalign.llm import BudgetExceeded, LLMClient, LLMError
+from longalign.llm import STOPS_JOB, LLMClient, LLMError
 from longalign.records import DataError, append_jsonl, write_record
 
 TASK_TYPES = ("general", "summary", "reasoning", "extraction")
@@ -205,31 +212,52 @@ def run_generation(docs: list[dict[str, Any]], client: LLMClient, output_path: s
     todo = list({d["id"]: d for d in docs if d["id"] not in done}.values())
     client.check_budget(_budget_requests(todo, seed, task_types, max_tokens_questions, max_tokens_answer),
                         expected_output_tokens)
-    stats0, t0, skips, written = dict(client.stats), time.time(), Counter(), 0
+    stats0, errors0, t0 = dict(client.stats), {k: dict(v) for k, v in client.errors.items()}, time.time()
     work = partial(generate_record, client=client, seed=seed, task_types=task_types, parse_retries=parse_retries,
                    max_tokens_questions=max_tokens_questions, max_tokens_answer=max_tokens_answer)
-    for i, result in client.map_concurrent(work, todo, desc=desc):
-        if isinstance(result, Exception):
-            skips[_skip_reason(result)] += 1
-            continue
-        if tokenizer is not None:
-            result["meta"]["n_tokens"] = conversation_tokens(result["messages"], tokenizer)
-            if max_len is not None and result["meta"]["n_tokens"] > max_len:
-                skips["record_too_long"] += 1
-                continue
-        append_jsonl(output_path, result)  # one write + fsync from this thread only: never two records per doc
-        written += 1
+    skips, written, stopped = Counter(), 0, None
+    try:
+        for _, result in client.map_concurrent(work, todo, desc=desc):
+            written += _keep(result, output_path, skips, tokenizer, max_len)
+    except STOPS_JOB as err:
+        stopped = err
     summary = _summary(output_path, docs, done, written, skips, repaired, client, stats0, time.time() - t0)
-    write_record(output_path.with_name(output_path.stem + ".summary.json"), summary)
+    summary.update(errors=client.error_report(errors0), stopped=str(stopped) if stopped else None)
+    _write_private(output_path.with_name(output_path.stem + ".summary.json"), summary)
+    if stopped is not None:
+        raise stopped
+    if todo and summary["records_total"] == 0 and skips["api_error"]:
+        raise LLMError(f"{output_path}: no record written, {skips['api_error']} document(s) failed at the API "
+                       f"({client.backend}:{client.model}); errors by class: {summary['errors']}", kind="api_error")
     return summary
+
+
+def _keep(result: Any, output_path: Path, skips: Counter, tokenizer: Any, max_len: int | None) -> int:
+    """Append one finished record (1) or count why there is none (0)."""
+    if isinstance(result, Exception):
+        skips[_skip_reason(result)] += 1
+        return 0
+    if tokenizer is not None:
+        result["meta"]["n_tokens"] = conversation_tokens(result["messages"], tokenizer)
+        if max_len is not None and result["meta"]["n_tokens"] > max_len:
+            skips["record_too_long"] += 1
+            return 0
+    if not output_path.exists():
+        output_path.touch(mode=0o600)
+        os.chmod(output_path, 0o600)  # owner-only whatever the umask: the records hold a user's documents
+    append_jsonl(output_path, result)  # one write + fsync from this thread only: never two records per doc
+    return 1
+
+
+def _write_private(path: Path, record: dict[str, Any]) -> None:
+    write_record(path, record)
+    os.chmod(path, 0o600)
 
 
 def _skip_reason(err: Exception) -> str:
     """Counted skip reason; programming errors are re-raised instead of being hidden as skips."""
     if isinstance(err, SkipDocument):
         return err.reason
-    if isinstance(err, BudgetExceeded):
-        return "budget_exceeded"
     if isinstance(err, LLMError):
         return "api_error"
     raise err

@@ -2,7 +2,9 @@
 
 LLM judges (``openai`` / ``anthropic`` / ``local`` through :class:`longalign.llm.LLMClient`) reply
 in free text with the rating in ``[[n]]``, parsed exactly as the official LongBench-Chat script
-does (:func:`parse_rating`). The ``overlap`` judge is the offline proxy of the cpu profile: token
+does (:func:`parse_rating`). The paper's judge is ``gpt-4``: the official ``LongBench_Chat/eval.py``
+(``GPT_MODEL = 'gpt-4'``) and ``Needle_test/config-eval.yaml`` both name it, and appendix C.1's
+$0.96 for a ~32k-token run is gpt-4's $30 per million input tokens. The ``overlap`` judge is the offline proxy of the cpu profile: token
 F1 of the normalised answer against the reference, mapped onto the judge scale. It stands in for
 GPT-4 only so that the pipeline runs without a network; its numbers are not GPT-4 numbers.
 
@@ -10,6 +12,13 @@ A ``local`` judge can also rate by probability (``rating="logprob"``): the reply
 ``Rating: [[`` and the score is the expected rating under the model's probabilities of each
 ``"k]]"`` (:func:`expected_rating`, as in G-Eval). Small local models rarely write a parseable
 ``[[n]]`` when generating freely; this always yields a rating, and the distribution is recorded.
+
+Money and failures are :class:`LLMClient`'s: the clients of all scoring runs share one
+:class:`longalign.llm.Budget`, so ``max_cost_usd`` is a hard cap on everything the judge sends, and
+a sweep stops (raising ``BudgetExceeded``) before a request could pass it; a bad key, wrong
+``base_url`` or unreachable server stops it at the first request (``FatalAPIError``). What the
+provider billed, empty and unparseable replies included, is in :attr:`Judge.stats` and in each
+verdict.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from longalign import paths
-from longalign.llm import BudgetExceeded, Completion, LLMClient, LLMError, normalize_messages
+from longalign.llm import Budget, LLMClient, LLMError, normalize_messages, require_price
 from longalign.records import record_exists, write_record
 
 # Official LongBench_Chat/eval.py: last "[[...]]" group, then the first number inside it.
@@ -139,14 +148,16 @@ class Judge:
                  concurrency: int = 4, max_attempts: int = 3, max_tokens: int = 1024,
                  cache_dir: str | Path | None = None, max_cost_usd: float | None = None,
                  local_model: Any = None, timeout_s: float = 120.0, max_retries: int = 6,
-                 backoff_s: float = 1.0, rating: str = "generate"):
+                 backoff_s: float = 1.0, rating: str = "generate", prices: dict[str, Any] | None = None):
         if kind not in JUDGE_KINDS:
             raise ValueError(f"unknown judge {kind!r}; expected one of {JUDGE_KINDS}")
         if rating not in RATING_MODES or (rating == "logprob" and kind != "local"):
             raise ValueError(f"rating {rating!r}: choose from {RATING_MODES}; 'logprob' needs the local judge")
         self.rating = rating
         if kind in ("openai", "anthropic") and not model:
-            raise ValueError(f"judge {kind!r} needs a model name (e.g. gpt-4-1106-preview)")
+            raise ValueError(f"judge {kind!r} needs a model name (judge_model; the paper's judge is gpt-4)")
+        if kind in ("openai", "anthropic"):
+            require_price(model, prices)  # fail here, before any answer is generated, naming `prices`
         self.kind, self.model = kind, model or ("smollm2" if kind == "local" else kind)
         # Greedy local decoding gives the same text every time: re-asking it cannot help.
         self.max_attempts = 1 if kind == "local" else max(1, max_attempts)
@@ -154,10 +165,15 @@ class Judge:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else paths.cache() / "judge"
         # Local generation has no transient faults to wait out (and greedy output never changes).
         self._client_kwargs = dict(base_url=base_url, concurrency=concurrency, timeout_s=timeout_s,
-                                   max_retries=0 if kind == "local" else max_retries, max_cost_usd=max_cost_usd,
-                                   local_model=local_model, backoff_s=backoff_s)
+                                   max_retries=0 if kind == "local" else max_retries, budget=Budget(max_cost_usd),
+                                   local_model=local_model, backoff_s=backoff_s, prices=prices)
         self._clients: dict[int, LLMClient] = {}
-        self.stats = {"cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0}
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """Billed tokens and USD over every run's client (empty and unparseable replies included)."""
+        keys = ("cost_usd", "cost_unknown_usd", "input_tokens", "output_tokens")
+        return {k: sum(c.stats[k] for c in self._clients.values()) for k in keys}
 
     @property
     def name(self) -> str:
@@ -215,10 +231,8 @@ class Judge:
         if attempt == 0 and calls:
             client.check_budget(calls, expected_output_tokens=min(self.max_tokens, 256))
         retry = []
-        for j, result in client.complete_many(calls, desc=desc):
+        for j, result in client.complete_many(calls, desc=desc):  # raises when the job must stop (cap, bad key)
             i = pending[j]
-            if _is_budget_stop(result):
-                raise result
             verdict = self._verdict(result, attempt, spent.get(i))
             if verdict.parse_failed and attempt + 1 < self.max_attempts:
                 spent[i] = verdict
@@ -228,24 +242,20 @@ class Judge:
         return retry
 
     def _verdict(self, result: Any, attempt: int, previous: Verdict | None) -> Verdict:
-        prev_cost = (previous.input_tokens, previous.output_tokens, previous.cost_usd) if previous else (0, 0, 0.0)
-        if isinstance(result, Exception) and "empty completion" in str(result):
+        """The verdict of one reply (or failure), carrying what every attempt so far was billed."""
+        tokens = (previous.input_tokens, previous.output_tokens, previous.cost_usd) if previous else (0, 0, 0.0)
+        if isinstance(result, LLMError):
+            tokens = (tokens[0] + result.input_tokens, tokens[1] + result.output_tokens, tokens[2] + result.billed_usd)
+        billed = dict(input_tokens=tokens[0], output_tokens=tokens[1], cost_usd=tokens[2])
+        if isinstance(result, LLMError) and result.kind == "empty":
             # Still empty after every transport retry: the judge gave no rating, like an unparseable reply.
-            return Verdict(math.nan, "", attempt + 1, parse_failed=True, input_tokens=prev_cost[0],
-                           output_tokens=prev_cost[1], cost_usd=prev_cost[2])
+            return Verdict(math.nan, "", attempt + 1, parse_failed=True, **billed)
         if isinstance(result, Exception):
-            return Verdict(math.nan, "", attempt + 1, error=f"{type(result).__name__}: {result}",
-                           input_tokens=prev_cost[0], output_tokens=prev_cost[1], cost_usd=prev_cost[2])
+            return Verdict(math.nan, "", attempt + 1, error=f"{type(result).__name__}: {result}", **billed)
         score = parse_rating(result.text)
-        self._account(result)
         return Verdict(score, result.text, attempt + 1, parse_failed=math.isnan(score),
-                       input_tokens=prev_cost[0] + result.input_tokens,
-                       output_tokens=prev_cost[1] + result.output_tokens, cost_usd=prev_cost[2] + result.cost_usd)
-
-    def _account(self, comp: Completion) -> None:
-        self.stats["cost_usd"] += comp.cost_usd
-        self.stats["input_tokens"] += comp.input_tokens
-        self.stats["output_tokens"] += comp.output_tokens
+                       input_tokens=tokens[0] + result.input_tokens, output_tokens=tokens[1] + result.output_tokens,
+                       cost_usd=tokens[2] + result.cost_usd)
 
 
 def expected_rating(model: Any, tokenizer: Any, messages: list[dict[str, str]], low: int = 1,
@@ -269,11 +279,6 @@ def expected_rating(model: Any, tokenizer: Any, messages: list[dict[str, str]], 
     probs = torch.softmax(scores, dim=0)
     return float((probs * torch.tensor(ratings, dtype=probs.dtype)).sum()), \
         {str(k): round(float(p), 6) for k, p in zip(ratings, probs)}
-
-
-def _is_budget_stop(result: Any) -> bool:
-    # LLMClient re-raises its own BudgetExceeded as a plain LLMError naming it: stop the sweep either way.
-    return isinstance(result, BudgetExceeded) or (isinstance(result, LLMError) and "BudgetExceeded" in str(result))
 
 
 # -- resumable sweeps over records -----------------------------------------------------------------
