@@ -151,7 +151,7 @@ def test_two_writers_at_once_write_each_record_once(tmp_path):
 
 
 def test_lock_timeout_names_the_file(tmp_path):
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     target = tmp_path / "results"
     holder = FileLock(str(records.lock_path(target)))
@@ -161,3 +161,7 @@ def test_lock_timeout_names_the_file(tmp_path):
                 pass
     with records.output_lock(target) as lock:
         assert lock == records.lock_path(target) and lock.name == ".results.lock"
+        with records.output_lock(target, timeout=0.1):  # nested in the same thread: re-entrant
+            pass
+        with pytest.raises(Timeout):  # still held: another lock object cannot take it
+            FileLock(str(lock)).acquire(timeout=0)

@@ -125,11 +125,12 @@ def output_lock(target: str | Path, timeout: float | None = None) -> Iterator[Pa
 
     The operating system releases the lock when its holder dies, so a killed run never blocks the
     next one. Resume logic (which records exist) must run *inside* the lock: the waiting writer then
-    sees everything the first one wrote and does only what is left.
+    sees everything the first one wrote and does only what is left. Nested use on the same target in
+    one thread is re-entrant (one lock object per path), not a deadlock.
     """
     path = lock_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
+    lock = FileLock(str(path), is_singleton=True)
     try:
         lock.acquire(timeout=0)
     except Timeout:
