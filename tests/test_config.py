@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 
 import nbformat
 import pytest
@@ -81,8 +83,19 @@ def test_unsupported_annotation_is_reported(tmp_path):
         config.check_parameters(path, {"x": 2})
 
 
+@pytest.fixture()
+def project_kernel(tmp_path, monkeypatch):
+    """A ``longalign`` kernelspec for this interpreter, so the test runs whether or not setup_env.sh has registered it."""
+    spec = tmp_path / "jupyter" / "kernels" / "longalign"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f",
+                                                           "{connection_file}"],
+                                                  "display_name": "LongAlign (.venv)", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+
+
 @pytest.mark.slow
-def test_papermill_run_fails_naming_the_parameter(tmp_path):
+def test_papermill_run_fails_naming_the_parameter(tmp_path, project_kernel):
     """The real path: papermill injects `-p num_documents abc` (a str) or a misspelt name; the notebook stops there."""
     import papermill as pm
 
