@@ -1,7 +1,8 @@
 """Inject a profile's parameters into copies of the notebooks (papermill --prepare-only) for nbval.
 
 The test suite runs ``pytest --nbval-lax`` on these copies, in order 00 → 07, so every notebook is
-executed end to end with the tiny ``test`` profile inside the one test command.
+executed end to end with the tiny ``test`` profile inside the one test command, on the project's
+Jupyter kernel ``longalign`` (which nbval takes from the copies' metadata).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def main() -> None:
     for nb in sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         params = config.notebook_params(args.profile, nb.stem)
         pm.execute_notebook(str(nb), str(args.dest / nb.name), parameters=params, prepare_only=True,
-                            kernel_name="python3", progress_bar=False)
+                            kernel_name="longalign", progress_bar=False)
         print(f"prepared {nb.name} with {len(params)} {args.profile} parameters")
 
 

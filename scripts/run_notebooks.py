@@ -3,7 +3,8 @@
 Each notebook gets its own section of ``configs/<profile>.yaml`` (``papermill -f``); executed copies
 go to ``outputs/notebooks/``. A failing notebook stops the run with its name and the failing cell.
 At the end ``outputs/INDEX.md`` lists every figure and result file with the notebook that wrote it
-(attributed by comparing the outputs tree before and after each notebook).
+(attributed by comparing the outputs tree before and after each notebook). Notebooks run on the
+project's Jupyter kernel ``longalign`` (registered inside ``.venv`` by ``scripts/setup_env.sh``).
 """
 
 from __future__ import annotations
@@ -19,11 +20,23 @@ import papermill as pm
 from longalign import config, paths
 from longalign.records import atomic_write_text
 
+KERNEL = "longalign"  # the project's kernel; the machine's other kernels (python3, ...) are never used or changed
+
 
 def _snapshot(root: Path) -> dict[str, float]:
     skip = ("notebooks",)
     return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*")
             if p.is_file() and not p.name.startswith(".") and p.relative_to(root).parts[0] not in skip}
+
+
+def check_kernel(name: str = KERNEL) -> None:
+    """Exit with what to run when the project's Jupyter kernel is not registered."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        sys.exit(f"run_notebooks: no Jupyter kernel {name!r}; run `bash scripts/setup_env.sh` (it registers it in .venv)")
 
 
 def select(names: list[str]) -> list[Path]:
@@ -44,7 +57,7 @@ def run_one(nb: Path, profile: str, out_dir: Path) -> float:
     start = time.time()
     try:
         pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=params, cwd=str(paths.NOTEBOOKS),
-                            kernel_name="python3", progress_bar=False, log_output=False)
+                            kernel_name=KERNEL, progress_bar=False, log_output=False)
     except pm.PapermillExecutionError as err:
         sys.exit(f"\nrun_notebooks: FAILED {nb.name} at cell {err.cell_index} (execution count {err.exec_count}): "
                  f"{err.ename}: {err.evalue}\n  executed copy: {out_dir / nb.name}\n  parameters: {params}")
@@ -63,11 +76,13 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu", choices=config.PROFILES)
     parser.add_argument("notebooks", nargs="*", help="prefixes such as 00 03 (default: all)")
     args = parser.parse_args()
+    notebooks = select(args.notebooks)  # bad prefixes fail before anything is written
+    check_kernel()
     root = paths.outputs()
     out_dir = root / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     made_by = _load_index(root)
-    for nb in select(args.notebooks):
+    for nb in notebooks:
         print(f"run_notebooks: {nb.name} [{args.profile}] ...", flush=True)
         before = _snapshot(root)
         seconds = run_one(nb, args.profile, out_dir)

@@ -16,9 +16,10 @@ fi
 stamp="$VENV/.longalign-stamp"
 want="$(cat requirements.txt requirements-assets.txt pyproject.toml | sha256sum | cut -c1-16)"
 register_kernel() {
-  # The notebooks' "python3" kernel must be this venv's interpreter (re-registered every time: cheap,
-  # and it heals a kernelspec left pointing at another checkout's venv).
-  "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
+  # The notebooks run on their own kernel, "longalign", installed inside this venv (--sys-prefix):
+  # re-registered every time (cheap; it heals a kernelspec left pointing at another checkout's venv).
+  # No other kernel, and nothing outside the venv, is touched.
+  "$VENV/bin/python" -m ipykernel install --sys-prefix --name longalign --display-name "LongAlign (.venv)" >/dev/null
 }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
   register_kernel

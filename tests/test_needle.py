@@ -72,6 +72,65 @@ def test_needle_depth_tracks_request(haystack):
     assert depths[0] < depths[1] < depths[2]
 
 
+# Independent reference for a word-level tokenizer with a Whitespace pre-tokenizer: one token per match.
+WORDS = re.compile(r"\w+|[^\w\s]+")
+
+
+@pytest.fixture(scope="module")
+def wordlevel(haystack):
+    """A `tokenizers` WordLevel + Whitespace tokenizer: its tokens carry no leading-space marker at all."""
+    from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(sorted(set(WORDS.findall(haystack[:200_000]))))}}
+    tk = Tokenizer(tk_models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]")
+
+
+def _sentence_check(context: str, depth: float, achieved: float, starts: list[int]):
+    """Within one sentence: right after a sentence end at or before the target, none between; depth = tokens before."""
+    pos = context.index(needle.NEEDLE)
+    hay = context[:pos] + context[pos + len(needle.NEEDLE):]
+    n, k = len(starts), int(len(starts) * depth / 100)
+    target = starts[k]
+    ends = [m.end() for m in END.finditer(hay)]
+    assert pos in ends or (pos == 0 and ends and ends[0] > target), f"needle at {pos} is not after a sentence end"
+    assert pos <= target and not [e for e in ends if pos < e <= target], "a whole sentence lies between needle and depth"
+    assert achieved == pytest.approx(100 * sum(s < pos for s in starts) / n)
+    return pos
+
+
+@pytest.mark.parametrize("depth", [10, 33, 50, 77, 90])
+def test_wordlevel_tokenizer_places_needle_at_depth(wordlevel, haystack, depth):
+    context, achieved = needle.place_needle(wordlevel, haystack, needle.NEEDLE, 800, depth)
+    pos = context.index(needle.NEEDLE)
+    hay = context[:pos] + context[pos + len(needle.NEEDLE):]
+    assert hay == haystack[:len(hay)], "the haystack keeps its own characters (no decode spacing)"
+    starts = [m.start() for m in WORDS.finditer(hay)]
+    assert len(wordlevel(context, add_special_tokens=False)["input_ids"]) <= 800
+    _sentence_check(context, depth, achieved, starts)
+    assert pos > 0 and abs(achieved - depth) < 10, "not the old fallback to position 0"
+
+
+@pytest.mark.parametrize("depth", [25, 60])
+def test_bpe_records_the_achieved_depth(haystack, depth):
+    tok = models.load_tokenizer("bpe-8k")
+    context, achieved = needle.place_needle(tok, haystack, needle.NEEDLE, 1200, depth)
+    pos = context.index(needle.NEEDLE)
+    hay = context[:pos] + context[pos + len(needle.NEEDLE):]
+    # Token starts from a separate tokenisation of the haystack part (byte-level BPE: decode of a prefix).
+    ids = _ids(tok, hay)
+    starts = [len(tok.decode(ids[:i])) for i in range(len(ids))]
+    _sentence_check(context, depth, achieved, starts)
+
+
+def test_haystack_without_sentences_warns_instead_of_silent_zero(wordlevel):
+    with pytest.warns(UserWarning, match="no sentence end"):
+        context, achieved = needle.place_needle(wordlevel, "word " * 400, "\nNEEDLE\n", 200, 50)
+    assert context.startswith("\nNEEDLE\n") and achieved == 0.0
+
+
 def test_build_context_rejects_tiny_budget(haystack):
     tok = models.load_tokenizer("bpe-8k")
     with pytest.raises(ValueError, match="no room"):
@@ -126,6 +185,8 @@ def test_grid_writes_one_record_per_cell_and_resumes(monkeypatch):
     recs = needle.run_grid(model, tok, "tiny", [200, 300], [25.0, 75.0], max_new_tokens=4, progress=False)
     assert len(recs) == 4 and {(r["length"], r["depth"]) for r in recs} == {(200, 25.0), (200, 75.0), (300, 25.0), (300, 75.0)}
     assert all(abs(r["prompt_tokens"] - r["length"]) <= 2 for r in recs)
+    assert all(0 <= r["needle_depth"] <= r["depth"] for r in recs), "the achieved depth is recorded"
+    assert all(r["needle_depth"] > 50 for r in recs if r["depth"] == 75.0)
     assert needle.cell_path("tiny", 300, 75.0).name == "L300_D75.json"
     monkeypatch.setattr(needle, "run_cell", lambda *a, **k: pytest.fail("finished cells must not rerun"))
     assert needle.run_grid(model, tok, "tiny", [200, 300], [25.0, 75.0], progress=False) == recs

@@ -76,6 +76,34 @@ def test_profile_keys_match_parameters(profile):
             assert _compatible(declared[key], value), f"{profile}/{nb.stem}.{key}: {value!r} vs default {declared[key]!r}"
 
 
+# Notebooks whose owners have not added the check yet: strict xfail, so adding it turns this list into a failure.
+_CHECK_PENDING = {"01_data_construction", "02_context_extension", "03_training_methods", "07_longbench_chat"}
+
+
+@pytest.mark.parametrize("nb", [pytest.param(nb, marks=pytest.mark.xfail(strict=True, reason="check not added yet"))
+                                if nb.stem in _CHECK_PENDING else nb for nb in NOTEBOOKS], ids=IDS)
+def test_parameters_are_checked_first(nb):
+    code = [c for c in _cells(nb) if c["cell_type"] == "code"]
+    lines = [line for line in _source(code[1]).splitlines() if line.strip()]
+    assert lines[:2] == ["from longalign.config import check_parameters",
+                         f'check_parameters("{nb.stem}", globals())  # a mistyped or unknown parameter stops here, by name']
+
+
+@pytest.mark.parametrize("profile", config.PROFILES)
+def test_profile_values_pass_the_runtime_check(profile):
+    """What check_parameters will say at run time, for every profile section and the notebooks' own defaults."""
+    sections = config.load_profile(profile)
+    for nb in NOTEBOOKS:
+        config.check_parameters(nb, {**config.parameters_cell(nb), **sections.get(nb.stem, {})})
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_project_kernel(nb):
+    """The notebooks run on the project's own kernel, never the machine-wide ``python3``."""
+    spec = json.loads(nb.read_text(encoding="utf-8"))["metadata"]["kernelspec"]
+    assert spec == {"display_name": "LongAlign (.venv)", "language": "python", "name": "longalign"}
+
+
 def _python_only(source: str) -> str:
     """Blank out IPython magics and shell escapes (lines starting with % or !), which are not Python."""
     return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())

@@ -77,3 +77,91 @@ def test_line_numbers_and_permissions(tmp_path):
     assert [n for n, _ in records.read_jsonl_lines(path)] == [1, 3]
     written = records.write_record(tmp_path / "r.json", {"a": 1})
     assert written.stat().st_mode & 0o777 == 0o644
+
+
+# -- file names from item ids, and one writer at a time ---------------------------------------------------
+
+
+@pytest.mark.parametrize("item_id", ["a/b", "a_b", "a%2Fb", "a b", "中文-1", "q.1", "..", ".hidden", "x~y", "A-Z_09"])
+def test_record_name_is_readable_and_reversible(item_id):
+    from urllib.parse import quote
+
+    # Independent reference: the standard library's percent-encoding with only "._-" kept (plus a leading dot).
+    expected = quote(item_id, safe="._-").replace("~", "%7E")
+    expected = "%2E" + expected[1:] if expected.startswith(".") else expected
+    assert records.record_name(item_id) == expected
+    assert records.item_id_from_name(expected) == item_id
+
+
+def test_record_names_are_distinct(tmp_path):
+    ids = ["a/b", "a_b", "a b", "a%2Fb", "a%252Fb", "A/B", "a\\b", "a:b", "a.b", "a-b", "x" * 400, "x" * 401, "1", 1]
+    names = [records.record_name(i) for i in ids[:-1]]
+    assert len(set(names)) == len(names), "one file per distinct id"
+    assert records.record_name(1) == records.record_name("1")  # ids are compared as text
+    for name in names:  # every name is a usable single path component on this file system
+        records.write_record(tmp_path / f"{name}-run0.json", {"name": name})
+        assert len(name.encode()) <= 200 and "/" not in name
+    assert len(list(tmp_path.glob("*.json"))) == len(names)
+    with pytest.raises(ValueError, match="empty item id"):
+        records.record_name("")
+
+
+WRITER = r"""
+import json, sys, time
+from pathlib import Path
+from longalign import records
+out, ready, go = (Path(p) for p in sys.argv[1:4])
+with records.output_lock(out):
+    done = {r["id"] for r in records.read_jsonl(out)} if out.is_file() else set()
+    ready.touch()
+    while not go.exists():  # the first writer holds the lock until the test has seen the second one wait
+        time.sleep(0.05)
+    for i in range(20):
+        if i not in done:
+            records.append_jsonl(out, {"id": i, "writer": sys.argv[4]})
+print("wrote", sys.argv[4])
+"""
+
+
+@pytest.mark.slow
+def test_two_writers_at_once_write_each_record_once(tmp_path):
+    """Two processes resume-and-append to one JSONL file: the second waits, says so, then finds nothing left."""
+    import os
+    import subprocess
+    import sys
+
+    script, out, go = tmp_path / "writer.py", tmp_path / "gen.jsonl", tmp_path / "go"
+    script.write_text(WRITER)
+    env = {**os.environ, "PYTHONPATH": str(paths.ROOT / "lib")}
+    run = [sys.executable, str(script), str(out)]
+    first = subprocess.Popen(run + [str(tmp_path / "ready1"), str(go), "first"], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while not (tmp_path / "ready1").exists():  # the first writer holds the lock now
+        assert first.poll() is None, first.communicate()
+    second = subprocess.Popen(run + [str(tmp_path / "ready2"), str(go), "second"], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    line = second.stderr.readline()  # blocks until the second writer reports that it waits
+    assert "another process is writing" in line and str(out) in line
+    assert not (tmp_path / "ready2").exists(), "the second writer must not read the file while the first writes"
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outs
+    rows = list(records.read_jsonl(out))
+    assert sorted(r["id"] for r in rows) == list(range(20)) and {r["writer"] for r in rows} == {"first"}
+
+
+def test_lock_timeout_names_the_file(tmp_path):
+    from filelock import FileLock, Timeout
+
+    target = tmp_path / "results"
+    holder = FileLock(str(records.lock_path(target)))
+    with holder:  # another holder (a separate lock object, as another process would have)
+        with pytest.raises(RuntimeError, match="still being written by another process"):
+            with records.output_lock(target, timeout=0.1):
+                pass
+    with records.output_lock(target) as lock:
+        assert lock == records.lock_path(target) and lock.name == ".results.lock"
+        with records.output_lock(target, timeout=0.1):  # nested in the same thread: re-entrant
+            pass
+        with pytest.raises(Timeout):  # still held: another lock object cannot take it
+            FileLock(str(lock)).acquire(timeout=0)

