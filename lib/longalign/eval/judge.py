@@ -1,12 +1,13 @@
 """Judges: score a model's answer against a reference on a fixed scale.
 
 LLM judges (``openai`` / ``anthropic`` / ``local`` through :class:`longalign.llm.LLMClient`) reply
-in free text with the rating in ``[[n]]``, parsed exactly as the official LongBench-Chat script
-does (:func:`parse_rating`). The paper's judge is ``gpt-4``: the official ``LongBench_Chat/eval.py``
+in free text with the rating in ``[[n]]``, parsed exactly as the official LongBench-Chat script does
+(:func:`parse_rating`). The paper's judge is ``gpt-4``: the official ``LongBench_Chat/eval.py``
 (``GPT_MODEL = 'gpt-4'``) and ``Needle_test/config-eval.yaml`` both name it, and appendix C.1's
-$0.96 for a ~32k-token run is gpt-4's $30 per million input tokens. The ``overlap`` judge is the offline proxy of the cpu profile: token
-F1 of the normalised answer against the reference, mapped onto the judge scale. It stands in for
-GPT-4 only so that the pipeline runs without a network; its numbers are not GPT-4 numbers.
+$0.96 for a ~32k-token run is gpt-4's $30 per million input tokens. The ``overlap`` judge is the
+offline proxy of the cpu profile: token F1 of the normalised answer against the reference, mapped
+onto the judge scale. It stands in for GPT-4 only so that the pipeline runs without a network; its
+numbers are not GPT-4 numbers.
 
 A ``local`` judge can also rate by probability (``rating="logprob"``): the reply is prefilled with
 ``Rating: [[`` and the score is the expected rating under the model's probabilities of each
