@@ -77,7 +77,7 @@ def test_profile_keys_match_parameters(profile):
 
 
 # Notebooks whose owners have not added the check yet: strict xfail, so adding it turns this list into a failure.
-_CHECK_PENDING = {"01_data_construction", "02_context_extension", "03_training_methods", "07_longbench_chat"}
+_CHECK_PENDING = {"01_data_construction", "02_context_extension"}
 
 
 @pytest.mark.parametrize("nb", [pytest.param(nb, marks=pytest.mark.xfail(strict=True, reason="check not added yet"))

@@ -61,6 +61,13 @@ def test_tokenized_data_without_targets_is_refused(outputs, tmp_path, labels, me
     assert not (outputs / "runs" / "masked.json").exists()
 
 
+def test_in_memory_dataset_without_targets_is_refused(outputs):
+    ds = datasets.Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9]], "labels": [[-100] * 3, [8, -100]]})
+    with pytest.raises(ValueError, match="dataset=: every label is -100"):
+        run_training(small("masked-mem"), dataset=ds)
+    assert not (outputs / "runs" / "masked-mem.json").exists()
+
+
 def _fake_checkpoint(path):
     """The files a Trainer checkpoint holds, written by the same libraries (torch zip files, safetensors)."""
     path.mkdir(parents=True)

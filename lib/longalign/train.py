@@ -663,7 +663,7 @@ def run_training(cfg: TrainConfig, dataset=None, overwrite: bool = False) -> dic
         return _finished_record(cfg, rec_path)
     resume = _check_resume(cfg, out_dir)
     tokenizer = load_tokenizer(cfg)
-    dataset = dataset if dataset is not None else load_train_dataset(cfg, tokenizer)
+    dataset = check_trainable(dataset, "dataset=") if dataset is not None else load_train_dataset(cfg, tokenizer)
     lengths = row_lengths(dataset, cfg.max_len)
     _seed_everything(cfg.seed)
     model = build_model(cfg, tokenizer)
