@@ -29,8 +29,7 @@ def main() -> int:
         return 1 if stale else 0
     changed = profiles.write_param_files(chosen)
     for rel in changed:
-        print(f"wrote configs/{rel}")
-    print(f"write_param_files: {len(changed)} changed, {len(profiles.expected_files(chosen)) - len(changed)} up to date")
+        print(f"write_param_files: wrote configs/{rel}")  # silent when everything was already current
     return 0
 
 
