@@ -306,6 +306,8 @@ def write_index(made_by: dict[str, str], root: Path) -> Path:
     lines += [f"| [`{f}`]({f}) | {_describe_file(root, f)} | {_who(made_by, [f])} |" for f in summary]
     lines += ["", "## Record folders", "", "| folder | contents | made by |", "|---|---|---|"]
     lines += [f"| [`{d}/`]({d}/) | {_describe_folder(fs)} | {_who(made_by, fs)} |" for d, fs in sorted(folders.items())]
+    if not figures:
+        lines.insert(lines.index("## Figures") + 2, "(none yet)\n")
     return atomic_write_text(root / INDEX, "\n".join(lines) + "\n")
 
 
