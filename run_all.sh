@@ -3,6 +3,7 @@
 #   ./run_all.sh                 # cpu profile, all notebooks, figures into outputs/figures/
 #   ./run_all.sh --profile paper # the 8-GPU reproduction (see README)
 #   ./run_all.sh 00 03           # only notebooks whose names start with 00 or 03
+# Shows each notebook's progress, ends with a table of times and figures and writes outputs/INDEX.md.
 # Arguments are checked first: a bad one stops the script before anything is installed or written.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -13,7 +14,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --profile) [ $# -ge 2 ] || usage; profile="$2"; shift 2 ;;
     --profile=*) profile="${1#--profile=}"; shift ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     -*) echo "run_all.sh: unknown option '$1'" >&2; usage ;;
     *) prefixes+=("$1"); shift ;;
   esac
@@ -30,4 +31,7 @@ for prefix in "${prefixes[@]}"; do
 done
 bash scripts/setup_env.sh
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-exec "${LONGALIGN_VENV:-.venv}/bin/python" scripts/run_notebooks.py --profile "$profile" "${prefixes[@]}"
+py="${LONGALIGN_VENV:-.venv}/bin/python"
+# configs/<profile>.yaml is the one place to edit: bring its per-notebook papermill files up to date.
+"$py" scripts/write_param_files.py --profile "$profile"
+exec "$py" scripts/run_notebooks.py --profile "$profile" "${prefixes[@]}"
