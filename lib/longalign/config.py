@@ -1,9 +1,9 @@
 """Profiles: ``configs/<profile>.yaml`` maps each notebook (by file stem) to its papermill parameters.
 
 ``cpu`` is the default laptop profile, ``paper`` the 8-GPU reproduction, ``test`` the tiny profile
-the test suite runs under nbval. ``run_all.sh`` hands each notebook its own section via
-:func:`write_notebook_params`; a test checks every section's keys against the notebook's
-``parameters`` cell, because papermill only warns about unknown names.
+the test suite runs under nbval. Each section is also written as ``configs/<profile>/<notebook>.yaml``
+(``scripts/write_param_files.py``) for plain ``papermill -f``; a test checks every section's keys
+against the notebook's ``parameters`` cell, because papermill only warns about unknown names.
 
 At run time every notebook calls :func:`check_parameters` first thing after its parameters: a value
 of the wrong type (``-p num_documents abc``, ``max_len: "1024"``) or a name the parameters cell
@@ -39,14 +39,6 @@ def load_profile(profile: str) -> dict[str, dict[str, Any]]:
 def notebook_params(profile: str, notebook: str) -> dict[str, Any]:
     """Parameters of one notebook (stem such as ``03_training_methods``) under ``profile``."""
     return dict(load_profile(profile).get(Path(notebook).stem, {}))
-
-
-def write_notebook_params(profile: str, notebook: str, dest: str | Path) -> Path:
-    """Write one notebook's section as a standalone YAML for ``papermill -f``."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(yaml.safe_dump(notebook_params(profile, notebook), sort_keys=False), encoding="utf-8")
-    return dest
 
 
 def parameters_cell(notebook_path: str | Path) -> dict[str, Any]:
