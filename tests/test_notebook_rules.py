@@ -76,12 +76,7 @@ def test_profile_keys_match_parameters(profile):
             assert _compatible(declared[key], value), f"{profile}/{nb.stem}.{key}: {value!r} vs default {declared[key]!r}"
 
 
-# Notebooks whose owners have not added the check yet: strict xfail, so adding it turns this list into a failure.
-_CHECK_PENDING = {"01_data_construction", "02_context_extension"}
-
-
-@pytest.mark.parametrize("nb", [pytest.param(nb, marks=pytest.mark.xfail(strict=True, reason="check not added yet"))
-                                if nb.stem in _CHECK_PENDING else nb for nb in NOTEBOOKS], ids=IDS)
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
 def test_parameters_are_checked_first(nb):
     code = [c for c in _cells(nb) if c["cell_type"] == "code"]
     lines = [line for line in _source(code[1]).splitlines() if line.strip()]
