@@ -279,7 +279,7 @@ class LLMClient:
             self._count(cache_hits=1)
             return hit
         if self._fatal is not None:  # an earlier request hit a failure no retry can fix: send nothing more
-            raise FatalAPIError(str(self._fatal), kind=self._fatal.kind)
+            raise FatalAPIError(str(self._fatal), kind=self._fatal.kind) from None
         comp = self._with_retries(msgs, params)
         self._cache_put(key, comp)
         return comp
