@@ -253,3 +253,15 @@ def test_logprob_local_judge_always_rates(tmp_path):
     assert all(abs(sum(json.loads(r)["p"].values()) - 1) < 1e-4 for r in df["raw"])
     with pytest.raises(ValueError, match="logprob"):
         Judge("openai", "gpt-4", rating="logprob")
+
+
+def test_ids_that_differ_only_in_unsafe_characters_get_their_own_records():
+    """``a/b`` and ``a_b`` (and ``a%2Fb``) used to share one record file, so one item was never judged."""
+    ids = ["a/b", "a_b", "a%2Fb"]
+    reqs = [JudgeRequest(i, "", f"answer {n}", f"answer {n}") for n, i in enumerate(ids)]
+    counts = judge_sweep(Judge("overlap"), reqs, benchmark="ids", model_tag="m", runs=2)
+    assert counts["judged"] == 6 and counts["nan"] == 0
+    df = load_records(paths.results_dir("ids"))
+    assert len(df) == 6 and sorted(df["item_id"].unique()) == sorted(ids)
+    assert len({record_path("ids", "overlap", "m", i, 0) for i in ids}) == 3
+    assert judge_sweep(Judge("overlap"), reqs, benchmark="ids", model_tag="m", runs=2)["skipped"] == 6

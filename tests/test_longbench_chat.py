@@ -214,3 +214,17 @@ def test_paper_profile_judges_with_gpt4_as_the_official_scripts():
     cells = json.loads((paths.NOTEBOOKS / "07_longbench_chat.ipynb").read_text(encoding="utf-8"))["cells"]
     assert "GPT_MODEL = 'gpt-4'" in "".join(cells[1]["source"])  # the notebook says which judge the paper used
 
+
+
+def test_answers_of_ids_differing_only_in_unsafe_characters_are_kept_apart(monkeypatch):
+    import longalign.eval.generate as gen
+
+    monkeypatch.setattr(gen, "generate", lambda model, tok, prompts, **kw: [f"answer to {p}" for p in prompts])
+    items = [{"id": "a/b", "prompt": "p1"}, {"id": "a_b", "prompt": "p2"}]
+    out = lbc.generate_answers(None, None, items, benchmark="b", model_tag="m", max_new_tokens=4)
+    assert out == {"a/b": "answer to p1", "a_b": "answer to p2"}
+    assert len(list(lbc.answers_dir("b", "m").glob("*.json"))) == 2
+    cases = [{**it, "question": "q", "answer": "answer to p1", "idx": 1} for it in items]
+    reqs = lbc.judge_requests(cases, out, run=0, mode="zeroshot")
+    assert judge_sweep(Judge("overlap"), reqs, benchmark="b", model_tag="m", runs=1)["judged"] == 2
+    assert sorted(load_records(paths.results_dir("b") / "overlap")["item_id"]) == ["a/b", "a_b"]

@@ -165,3 +165,35 @@ def test_lock_timeout_names_the_file(tmp_path):
             pass
         with pytest.raises(Timeout):  # still held: another lock object cannot take it
             FileLock(str(lock)).acquire(timeout=0)
+
+
+# -- owner-only data and caches ---------------------------------------------------------------------------------
+
+
+def test_data_and_cache_files_are_owner_only_whatever_the_umask(tmp_path, monkeypatch):
+    """Files under outputs/data and the response caches are 0600, others stay 0644, even with umask 000."""
+    import os
+    import stat
+
+    monkeypatch.setenv("LONGALIGN_CACHE", str(tmp_path / "cache"))
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    data = paths.data_dir()
+    old = os.umask(0)  # the widest umask: nothing may rely on it
+    try:
+        (data / "old.jsonl").write_text('{"a": 0}\n')
+        os.chmod(data / "old.jsonl", 0o644)  # left readable by an earlier version
+        private = [records.write_record(data / "r.json", {"a": 1}),
+                   records.write_jsonl(data / "nested" / "deeper" / "d.jsonl", [{"a": 1}]),
+                   records.write_record(paths.cache() / "llm" / "ab" / "k.json", {"a": 1}),
+                   records.write_record(paths.cache() / "judge" / "j" / "run0" / "ab" / "k.json", {"a": 1})]
+        records.append_jsonl(data / "log.jsonl", {"a": 1})
+        records.append_jsonl(data / "old.jsonl", {"a": 2})
+        shared = [records.write_record(paths.results_dir("needle") / "cell.json", {"a": 1}),
+                  records.write_jsonl(paths.outputs() / "datasets.jsonl", [{"a": 1}]),  # not inside data/
+                  records.write_record(paths.cache() / "other" / "x.json", {"a": 1})]
+    finally:
+        os.umask(old)
+    assert {str(p): mode(p) for p in private + [data / "log.jsonl", data / "old.jsonl"]} == \
+        {str(p): 0o600 for p in private + [data / "log.jsonl", data / "old.jsonl"]}
+    assert {str(p): mode(p) for p in shared} == {str(p): 0o644 for p in shared}
+    assert [r["a"] for r in records.read_jsonl(data / "old.jsonl")] == [0, 2]

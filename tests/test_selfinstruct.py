@@ -401,3 +401,41 @@ def test_notebook_01_over_fake_anthropic_never_leaks_the_key(fake_api, planted_k
     for path in (p for p in files if p.is_file()):
         data = path.read_bytes()
         assert PLANTED_KEYS["anthropic"].encode() not in data and PLANTED_KEYS["openai"].encode() not in data, path
+
+
+# ---- two generation runs on one output file -----------------------------------------------------------------
+def test_two_runs_on_one_file_write_each_document_once(tmp_path, capsys):
+    """A second run on the same output waits for the first (saying so), then finds every document done."""
+    import threading
+
+    started, go = threading.Event(), threading.Event()
+
+    def held(messages):  # the first run holds its lock until the test lets it go on
+        started.set()
+        assert go.wait(60), "the test never released the first run"
+        return grounded.grounded_responder(messages)
+
+    docs, out, summaries = [synthetic_doc(i) for i in range(4)], tmp_path / "data" / "long.jsonl", {}
+
+    def run(name, fn):
+        client = LLMClient("offline", "g", offline_fn=fn, cache_dir=tmp_path / f"cache-{name}", concurrency=2)
+        summaries[name] = run_generation(docs, client, out)
+
+    first = threading.Thread(target=run, args=("first", held))
+    first.start()
+    assert started.wait(60) and first.is_alive()
+    second = threading.Thread(target=run, args=("second", grounded.grounded_responder))
+    second.start()
+    err = ""
+    try:
+        while "another process is writing" not in err:  # the second run reports that it waits
+            assert second.is_alive(), f"the second run did not wait: {summaries}"
+            err += capsys.readouterr().err
+        assert str(out) in err and "second" not in summaries
+    finally:
+        go.set()
+    first.join(120), second.join(120)
+    ids = [r["meta"]["doc_id"] for r in _read(out)]
+    assert sorted(ids) == [d["id"] for d in docs]  # each document once, not once per run
+    assert summaries["first"]["written"] == 4
+    assert summaries["second"]["written"] == 0 and summaries["second"]["already_done"] == 4

@@ -8,6 +8,11 @@ Two guarantees for shared outputs: :func:`record_name` turns any item id into a 
 file name (ids ``a/b`` and ``a_b`` never share a file), and :func:`output_lock` lets only one
 process at a time write an output file or records folder (a second writer waits, saying so, and
 then resumes from what the first one finished).
+
+Files written here under ``outputs/data`` or the API response caches (``paths.cache()/llm`` and
+``/judge``) are owner-only (0600, whatever the umask): they hold a user's documents and prompts.
+Other outputs are readable by collaborators: 0644 from the atomic writes, the umask's mode from
+:func:`append_jsonl`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from urllib.parse import unquote
 import pandas as pd
 from filelock import FileLock, Timeout
 
+from longalign import paths
+
 
 class DataError(ValueError):
     """Bad input data; the message names the file and line."""
@@ -43,12 +50,20 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
+        os.chmod(tmp, 0o600 if owner_only(path) else 0o644)  # explicit: mkstemp's 0600 must widen for shared outputs
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def owner_only(path: str | Path) -> bool:
+    """True for files under ``outputs/data`` or an API response cache, which get mode 0600 (not 0644)."""
+    path = Path(path)
+    path = path.parent.resolve() / path.name  # the folder exists by now; resolve links and ".." like paths.* does
+    roots = (paths.outputs() / "data", paths.cache() / "llm", paths.cache() / "judge")
+    return any(path.is_relative_to(root) for root in roots)
 
 
 def write_record(path: str | Path, record: dict[str, Any]) -> Path:
@@ -189,7 +204,11 @@ def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(row, ensure_ascii=False, default=_json_default) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
+    private = owner_only(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600 if private else 0o666)
+    if private:
+        os.fchmod(fd, 0o600)  # whatever the umask, and narrowing a file an older version left 0644
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()
         os.fsync(fh.fileno())

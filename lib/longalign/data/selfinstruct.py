@@ -9,7 +9,9 @@ The record is ``{"messages": [user: doc + "\\n\\n" + question, assistant: answer
 
 Output is append-only JSONL, one line per finished document written with a single write + fsync
 from one thread; on start a torn last line (a kill mid-write) is cut off, documents already in the
-file are skipped, so a killed run resumes with exactly one record per document. API responses are
+file are skipped, so a killed run resumes with exactly one record per document. The whole run holds
+the output file's lock (:func:`longalign.records.output_lock`): a second run on the same file waits,
+then resumes from what the first one wrote, so two runs never write a document twice. API responses are
 cached by :class:`longalign.llm.LLMClient`, so the resumed run repeats no paid call.
 
 API failures: a transient one that outlasts its retries skips the document (``api_error``, retried
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from longalign.llm import STOPS_JOB, LLMClient, LLMError
-from longalign.records import DataError, append_jsonl, write_record
+from longalign.records import DataError, append_jsonl, output_lock, write_record
 
 TASK_TYPES = ("general", "summary", "reasoning", "extraction")
 # Appendix A, verbatim (the paper's typo "diversed" kept); Chinese: faithful translations for Chinese documents.
@@ -207,29 +209,38 @@ def run_generation(docs: list[dict[str, Any]], client: LLMClient, output_path: s
     counted as ``record_too_long`` and not written (training would have to cut their answer).
     """
     output_path, task_types = Path(output_path), tuple(task_types)
-    repaired = repair_jsonl(output_path)
-    done = finished_ids(output_path)
-    todo = list({d["id"]: d for d in docs if d["id"] not in done}.values())
-    client.check_budget(_budget_requests(todo, seed, task_types, max_tokens_questions, max_tokens_answer),
-                        expected_output_tokens)
-    stats0, errors0, t0 = dict(client.stats), {k: dict(v) for k, v in client.errors.items()}, time.time()
-    work = partial(generate_record, client=client, seed=seed, task_types=task_types, parse_retries=parse_retries,
-                   max_tokens_questions=max_tokens_questions, max_tokens_answer=max_tokens_answer)
-    skips, written, stopped = Counter(), 0, None
-    try:
-        for _, result in client.map_concurrent(work, todo, desc=desc):
-            written += _keep(result, output_path, skips, tokenizer, max_len)
-    except STOPS_JOB as err:
-        stopped = err
-    summary = _summary(output_path, docs, done, written, skips, repaired, client, stats0, time.time() - t0)
-    summary.update(errors=client.error_report(errors0), stopped=str(stopped) if stopped else None)
-    _write_private(output_path.with_name(output_path.stem + ".summary.json"), summary)
+    # Resume state is read inside the lock: a second run on this file waits, then writes only what is left.
+    with output_lock(output_path):
+        repaired = repair_jsonl(output_path)
+        done = finished_ids(output_path)
+        todo = list({d["id"]: d for d in docs if d["id"] not in done}.values())
+        client.check_budget(_budget_requests(todo, seed, task_types, max_tokens_questions, max_tokens_answer),
+                            expected_output_tokens)
+        stats0, errors0, t0 = dict(client.stats), {k: dict(v) for k, v in client.errors.items()}, time.time()
+        work = partial(generate_record, client=client, seed=seed, task_types=task_types, parse_retries=parse_retries,
+                       max_tokens_questions=max_tokens_questions, max_tokens_answer=max_tokens_answer)
+        skips, written, stopped = _generate(client, work, todo, output_path, tokenizer, max_len, desc)
+        summary = _summary(output_path, docs, done, written, skips, repaired, client, stats0, time.time() - t0)
+        summary.update(errors=client.error_report(errors0), stopped=str(stopped) if stopped else None)
+        _write_private(output_path.with_name(output_path.stem + ".summary.json"), summary)
     if stopped is not None:
         raise stopped
     if todo and summary["records_total"] == 0 and skips["api_error"]:
         raise LLMError(f"{output_path}: no record written, {skips['api_error']} document(s) failed at the API "
                        f"({client.backend}:{client.model}); errors by class: {summary['errors']}", kind="api_error")
     return summary
+
+
+def _generate(client: LLMClient, work: Any, todo: list[dict[str, Any]], output_path: Path, tokenizer: Any,
+              max_len: int | None, desc: str) -> tuple[Counter, int, Exception | None]:
+    """Run ``work`` over ``todo``, appending each record: (skip counts, records written, job-stopping error)."""
+    skips, written = Counter(), 0
+    try:
+        for _, result in client.map_concurrent(work, todo, desc=desc):
+            written += _keep(result, output_path, skips, tokenizer, max_len)
+    except STOPS_JOB as err:
+        return skips, written, err
+    return skips, written, None
 
 
 def _keep(result: Any, output_path: Path, skips: Counter, tokenizer: Any, max_len: int | None) -> int:

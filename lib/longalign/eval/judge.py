@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from longalign import paths
 from longalign.llm import Budget, LLMClient, LLMError, normalize_messages, require_price
-from longalign.records import record_exists, write_record
+from longalign.records import output_lock, record_exists, record_name, write_record
 
 # Official LongBench_Chat/eval.py: last "[[...]]" group, then the first number inside it.
 _BRACKETS = re.compile(r"\[\[([^\]]+)\]\]")
@@ -286,9 +286,13 @@ def expected_rating(model: Any, tokenizer: Any, messages: list[dict[str, str]], 
 
 
 def record_path(benchmark: str, judge_name: str, model_tag: str, item_id: str, run: int) -> Path:
-    """``outputs/results/<benchmark>/<judge>/<model_tag>/<item_id>-run<k>.json``."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(item_id))
-    return paths.results_dir(benchmark) / judge_name / model_tag / f"{safe}-run{run}.json"
+    """``outputs/results/<benchmark>/<judge>/<model_tag>/<record_name(item_id)>-run<k>.json`` (distinct ids, distinct files)."""
+    return sweep_dir(benchmark, judge_name, model_tag) / f"{record_name(item_id)}-run{run}.json"
+
+
+def sweep_dir(benchmark: str, judge_name: str, model_tag: str) -> Path:
+    """``outputs/results/<benchmark>/<judge>/<model_tag>``: the records (and write lock) of one sweep."""
+    return paths.results_dir(benchmark) / judge_name / model_tag
 
 
 def judge_sweep(judge: Judge, requests: list[JudgeRequest] | Callable[[int], list[JudgeRequest]], *,
@@ -299,23 +303,30 @@ def judge_sweep(judge: Judge, requests: list[JudgeRequest] | Callable[[int], lis
     (LongBench-Chat reshuffles its few-shot examples).
     """
     counts = {"judged": 0, "skipped": 0, "nan": 0, "failed": 0}
-    for run in range(runs):
-        batch = requests(run) if callable(requests) else requests
-        todo = [r for r in batch if not record_exists(record_path(benchmark, judge.name, model_tag, r.item_id, run))]
-        counts["skipped"] += len(batch) - len(todo)
-        if not todo:
-            continue
-        for i, verdict in judge.judge_many(todo, run=run, desc=f"{benchmark}/{model_tag} run {run}"):
-            if verdict.error is not None and judge.kind != "overlap":
-                counts["failed"] += 1  # transport failure: no record, so a rerun asks again
-                continue
-            _write_verdict(judge, todo[i], verdict, benchmark, model_tag, run, meta or {})
-            counts["judged"] += 1
-            counts["nan"] += math.isnan(verdict.score)
+    # A second sweep of the same (judge, model) waits, then skips what the first one recorded.
+    with output_lock(sweep_dir(benchmark, judge.name, model_tag)):
+        for run in range(runs):
+            batch = requests(run) if callable(requests) else requests
+            todo = [r for r in batch if not record_exists(record_path(benchmark, judge.name, model_tag, r.item_id, run))]
+            counts["skipped"] += len(batch) - len(todo)
+            if todo:
+                _judge_run(judge, todo, run, benchmark, model_tag, meta or {}, counts)
     if counts["nan"] or counts["failed"]:
         print(f"[{benchmark}/{model_tag}] {counts['nan']} unparseable rating(s) recorded as NaN, "
               f"{counts['failed']} request(s) failed (no record; rerun to retry)")
     return counts
+
+
+def _judge_run(judge: Judge, todo: list[JudgeRequest], run: int, benchmark: str, model_tag: str,
+               meta: dict[str, Any], counts: dict[str, int]) -> None:
+    """Rate ``todo`` once (scoring run ``run``), writing one record per verdict and updating ``counts``."""
+    for i, verdict in judge.judge_many(todo, run=run, desc=f"{benchmark}/{model_tag} run {run}"):
+        if verdict.error is not None and judge.kind != "overlap":
+            counts["failed"] += 1  # transport failure: no record, so a rerun asks again
+            continue
+        _write_verdict(judge, todo[i], verdict, benchmark, model_tag, run, meta)
+        counts["judged"] += 1
+        counts["nan"] += math.isnan(verdict.score)
 
 
 def _write_verdict(judge: Judge, req: JudgeRequest, verdict: Verdict, benchmark: str, model_tag: str,

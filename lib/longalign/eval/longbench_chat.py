@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from longalign import paths
 from longalign.eval.judge import JUDGE_SYSTEM, JudgeRequest, item_scores
-from longalign.records import DataError, read_jsonl, read_record, record_exists, write_record
+from longalign.records import DataError, output_lock, read_jsonl, read_record, record_exists, record_name, write_record
 
 OFFICIAL_BASE_URL = "https://raw.githubusercontent.com/THUDM/LongAlign/main/LongBench_Chat/"
 TEST_CASES_FILE = "test_cases.json"
@@ -223,31 +223,38 @@ def answers_dir(benchmark: str, model_tag: str) -> Path:
     return paths.results_dir("answers") / benchmark / model_tag
 
 
+def answer_path(benchmark: str, model_tag: str, item_id: Any) -> Path:
+    """The answer record of one item: ``answers_dir(...)/<record_name(item_id)>.json`` (distinct ids, distinct files)."""
+    return answers_dir(benchmark, model_tag) / f"{record_name(item_id)}.json"
+
+
 def generate_answers(model, tokenizer, items: list[dict[str, Any]], *, benchmark: str, model_tag: str,
                      max_new_tokens: int, max_input_tokens: int | None = None, batch_size: int = 1,
                      chunk: int = 8) -> dict[str, str]:
     """Generate (or reload) each item's answer; records are written per chunk, so a crash loses one chunk."""
     from longalign.eval.generate import generate
 
-    folder = answers_dir(benchmark, model_tag)
-    todo = [it for it in items if not record_exists(folder / f"{it['id']}.json")]
-    for start in tqdm(range(0, len(todo), chunk), desc=f"answers {model_tag}", disable=len(todo) <= chunk):
-        part = todo[start:start + chunk]
-        texts = generate(model, tokenizer, [it["prompt"] for it in part], max_new_tokens=max_new_tokens,
-                         max_input_tokens=max_input_tokens, batch_size=batch_size, progress=False)
-        for it, text in zip(part, texts):
-            write_record(folder / f"{it['id']}.json", {"item_id": it["id"], "benchmark": benchmark,
-                                                       "model_tag": model_tag, "answer": text.strip()})
+    # A second run for the same model waits, then finds the answers the first one wrote.
+    with output_lock(answers_dir(benchmark, model_tag)):
+        todo = [it for it in items if not record_exists(answer_path(benchmark, model_tag, it["id"]))]
+        for start in tqdm(range(0, len(todo), chunk), desc=f"answers {model_tag}", disable=len(todo) <= chunk):
+            part = todo[start:start + chunk]
+            texts = generate(model, tokenizer, [it["prompt"] for it in part], max_new_tokens=max_new_tokens,
+                             max_input_tokens=max_input_tokens, batch_size=batch_size, progress=False)
+            for it, text in zip(part, texts):
+                write_record(answer_path(benchmark, model_tag, it["id"]),
+                             {"item_id": it["id"], "benchmark": benchmark, "model_tag": model_tag,
+                              "answer": text.strip()})
     return load_answers(benchmark, model_tag, items)
 
 
 def load_answers(benchmark: str, model_tag: str, items: list[dict[str, Any]]) -> dict[str, str]:
     """Previously generated answers of ``items`` (a missing one raises, naming its record)."""
-    folder = answers_dir(benchmark, model_tag)
-    missing = [it["id"] for it in items if not record_exists(folder / f"{it['id']}.json")]
+    missing = [it["id"] for it in items if not record_exists(answer_path(benchmark, model_tag, it["id"]))]
     if missing:
-        raise FileNotFoundError(f"{folder}: no answer record for {len(missing)} item(s), e.g. {missing[0]}; generate them first")
-    return {it["id"]: read_record(folder / f"{it['id']}.json")["answer"] for it in items}
+        raise FileNotFoundError(f"{answers_dir(benchmark, model_tag)}: no answer record for {len(missing)} item(s), "
+                                f"e.g. {missing[0]}; generate them first")
+    return {it["id"]: read_record(answer_path(benchmark, model_tag, it["id"]))["answer"] for it in items}
 
 
 # -- agreement with human ratings --------------------------------------------------------------------

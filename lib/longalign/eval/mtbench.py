@@ -16,7 +16,7 @@ from typing import Any
 
 from longalign import paths
 from longalign.eval.judge import JudgeRequest
-from longalign.records import DataError, read_jsonl, read_record, record_exists, write_record
+from longalign.records import DataError, output_lock, read_jsonl, read_record, record_exists, write_record
 
 NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")
 # FastChat common.temperature_config: answer sampling temperature per category.
@@ -113,22 +113,29 @@ def judge_requests(questions: list[dict[str, Any]], answers: dict[str, list[str]
 def generate_answers(model, tokenizer, questions: list[dict[str, Any]], *, model_tag: str, max_new_tokens: int = 1024,
                      max_input_tokens: int | None = None, seed: int = 0) -> dict[str, list[str]]:
     """Two-turn answers (turn 2 sees turn 1), one record per question; finished questions are reloaded."""
+    folder = paths.results_dir("answers") / "mtbench" / model_tag
+    with output_lock(folder):  # a second run for the same model waits, then finds the answers written
+        todo = [q for q in questions if not record_exists(folder / f"{q['question_id']}.json")]
+        for temp in sorted({TEMPERATURE.get(q["category"], 0.7) for q in todo}):
+            group = [q for q in todo if TEMPERATURE.get(q["category"], 0.7) == temp]
+            _answer_group(model, tokenizer, group, folder, model_tag, dict(
+                max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens, do_sample=temp > 1e-4,
+                temperature=max(temp, 1e-4), seed=seed, progress=False))
+    return load_answers(questions, model_tag)
+
+
+def _answer_group(model, tokenizer, group: list[dict[str, Any]], folder: Path, model_tag: str,
+                  kw: dict[str, Any]) -> None:
+    """Both turns for questions sharing one sampling temperature, one record per question."""
     from longalign.eval.generate import generate
 
-    folder = paths.results_dir("answers") / "mtbench" / model_tag
-    todo = [q for q in questions if not record_exists(folder / f"{q['question_id']}.json")]
-    for temp in sorted({TEMPERATURE.get(q["category"], 0.7) for q in todo}):
-        group = [q for q in todo if TEMPERATURE.get(q["category"], 0.7) == temp]
-        kw = dict(max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens, do_sample=temp > 1e-4,
-                  temperature=max(temp, 1e-4), seed=seed, progress=False)
-        first = [a.strip() for a in generate(model, tokenizer, [q["turns"][0] for q in group], **kw)]
-        convs = [[{"role": "user", "content": q["turns"][0]}, {"role": "assistant", "content": a},
-                  {"role": "user", "content": q["turns"][1]}] for q, a in zip(group, first)]
-        second = [a.strip() for a in generate(model, tokenizer, convs, **kw)]
-        for q, a1, a2 in zip(group, first, second):
-            write_record(folder / f"{q['question_id']}.json", {"question_id": q["question_id"], "model_tag": model_tag,
-                                                              "category": q["category"], "turns": [a1, a2]})
-    return load_answers(questions, model_tag)
+    first = [a.strip() for a in generate(model, tokenizer, [q["turns"][0] for q in group], **kw)]
+    convs = [[{"role": "user", "content": q["turns"][0]}, {"role": "assistant", "content": a},
+              {"role": "user", "content": q["turns"][1]}] for q, a in zip(group, first)]
+    second = [a.strip() for a in generate(model, tokenizer, convs, **kw)]
+    for q, a1, a2 in zip(group, first, second):
+        write_record(folder / f"{q['question_id']}.json", {"question_id": q["question_id"], "model_tag": model_tag,
+                                                          "category": q["category"], "turns": [a1, a2]})
 
 
 def load_answers(questions: list[dict[str, Any]], model_tag: str) -> dict[str, list[str]]:

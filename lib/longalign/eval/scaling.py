@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from longalign import paths
-from longalign.records import read_record, record_exists, write_record
+from longalign.records import output_lock, read_record, record_exists, write_record
 
 TINY_KEYS = {"hidden", "layers", "heads", "max_position", "rope_theta"}
 
@@ -83,10 +83,12 @@ def run_scaling(variants: list[dict[str, Any]], data: list[str], defaults: dict[
     """
     from longalign import train
 
-    todo = [v for v in variants if not record_exists(scaling_path(v["name"]))]
-    cfgs = [variant_config(v, data, defaults) for v in todo]
-    runs = train.launch_runs(cfgs, nproc=nproc, tag="scaling") if cfgs else []
-    for variant, cfg, run in zip(todo, cfgs, runs):
-        write_record(scaling_path(variant["name"]), evaluate_variant(
-            variant["name"], run, heldout, qa_items, max_len=eval_max_len, qa_max_new_tokens=qa_max_new_tokens))
+    # A second sweep waits for the first, then trains and evaluates only the variants still without a record.
+    with output_lock(paths.results_dir("scaling")):
+        todo = [v for v in variants if not record_exists(scaling_path(v["name"]))]
+        cfgs = [variant_config(v, data, defaults) for v in todo]
+        runs = train.launch_runs(cfgs, nproc=nproc, tag="scaling") if cfgs else []
+        for variant, cfg, run in zip(todo, cfgs, runs):
+            write_record(scaling_path(variant["name"]), evaluate_variant(
+                variant["name"], run, heldout, qa_items, max_len=eval_max_len, qa_max_new_tokens=qa_max_new_tokens))
     return [read_record(scaling_path(v["name"])) for v in variants]
