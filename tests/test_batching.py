@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
-from longalign.batching import EpochDataLoader, PackedBatchSampler, RandomBatchSampler, SortedBatchSampler, WithPackIds
+from torch.utils.data import DataLoader
+
+from longalign.batching import PackedBatchSampler, RandomBatchSampler, SortedBatchSampler, WithPackIds
 from longalign.collate import PackingCollator
 
 
@@ -114,7 +116,7 @@ def test_packed_sampler_in_dataloader_with_pack_ids():
     make = lambda: PackedBatchSampler(lens, max_len=2048, packs_per_device=2, yield_pack_ids=True, seed=1)
     expected = list(make())
     sampler = make()
-    loader = EpochDataLoader(WithPackIds(data), batch_sampler=sampler, collate_fn=PackingCollator())
+    loader = DataLoader(WithPackIds(data), batch_sampler=sampler, collate_fn=PackingCollator())
     assert len(loader) == len(expected)
     seen = 0
     for batch, micro in zip(loader, expected):
@@ -127,18 +129,6 @@ def test_packed_sampler_in_dataloader_with_pack_ids():
 def test_too_few_sequences_raise():
     with pytest.raises(ValueError, match="micro-batch slots"):
         list(SortedBatchSampler([5, 6, 7], batch_size=1, world_size=4))
-
-
-def test_epoch_dataloader_forwards_set_epoch():
-    lens = lengths(40)
-    data = [{"input_ids": [1] * n, "labels": [1] * n} for n in lens.tolist()]
-    sampler = SortedBatchSampler(lens, batch_size=4, seed=0)
-    loader = EpochDataLoader(data, batch_sampler=sampler, collate_fn=lambda f: len(f))
-    loader.set_epoch(3)
-    assert sampler.state_dict()["epoch"] == 3
-    expected = SortedBatchSampler(lens, batch_size=4, seed=0)
-    expected.set_epoch(3)
-    assert list(loader) == [len(mb) for mb in expected]
 
 
 def test_epoch_rolls_over_without_stop_iteration():
