@@ -178,11 +178,6 @@ class _GroupedBatchSampler(_EpochBatchSampler):
             self._cache = (epoch, plan)
         return self._cache[1]
 
-    def global_batches(self, epoch: int) -> list[np.ndarray]:
-        """All global batches (one per optimizer step) of an epoch in order (every index once)."""
-        return self._groups(epoch)
-
-
 class RandomBatchSampler(_GroupedBatchSampler):
     """Naive batching: a seeded random permutation per epoch, cut into global batches."""
 

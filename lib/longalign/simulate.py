@@ -31,7 +31,7 @@ paper with and without them, and the per-step overhead that would close the gap)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -72,13 +72,6 @@ class SimResult:
     real_tokens: int
     computed_tokens: int  # including padding
     extra: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        """Plain dict (JSON-ready) without the per-rank list."""
-        out = asdict(self)
-        out["busy_max"], out["busy_min"] = max(self.busy), min(self.busy)
-        out.pop("busy")
-        return out
 
 
 def seq_cost(lengths, a: float = 1.0, b: float = 1 / 4096) -> np.ndarray:
