@@ -1,4 +1,4 @@
-"""Target 4 — attention waste: cost of a packed step relative to the same sequences run separately.
+"""Attention waste: cost of a packed step relative to the same sequences run separately.
 
 Packs of long-tail sequences (BFD to 2,048 tokens) on the tiny Llama; forward + backward timed for:
 ours (per-segment attention), sdpa with the dense block mask transformers builds from

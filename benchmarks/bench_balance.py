@@ -1,4 +1,4 @@
-"""Target 2 — rank balance: simulated 8-rank idle fraction, and measured wait on a real 2-process run.
+"""Rank balance: simulated 8-rank idle fraction, and measured wait on a real 2-process run.
 
 Simulation: the LongAlign-like mix at C = 64k, cost a·L + b·L² with b = 1/4096, paper settings
 (packing: 1 pack per rank per step; naive/sorted: batch 1, gradient accumulation 12).

@@ -1,4 +1,4 @@
-"""Target 5 — memory: measured peak RSS of plain vs chunked loss on a long pack, and an analytic GPU
+"""Memory: measured peak RSS of plain vs chunked loss on a long pack, and an analytic GPU
 estimate per method for a 64k pack in the paper profile (Llama-2-7B, ChatGLM3-6B, 8 GPUs, ZeRO-3 with
 optimizer CPU offload, gradient checkpointing, bf16).
 

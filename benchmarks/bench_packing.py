@@ -1,4 +1,4 @@
-"""Target 1 — packing fill on the LongAlign-like mix (C = 64k) and time to pack 1M lengths."""
+"""Packing fill on the LongAlign-like mix (C = 64k) and time to pack 1M lengths."""
 
 from __future__ import annotations
 

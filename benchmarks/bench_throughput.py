@@ -1,4 +1,4 @@
-"""Target 3 — training throughput on this CPU: same data, same tiny model, methods interleaved.
+"""Training throughput on this CPU: same data, same tiny model, methods interleaved.
 
 Each round draws one subset of the long-tail sequences; every method trains on exactly that subset
 its own way (forward + backward + AdamW step per micro-batch), so rounds are comparable; the result

@@ -1,6 +1,6 @@
-"""GPU checks for a session that is lent an accelerator: FA2 varlen isolation, bf16 Eq. 4 = Eq. 2, memory.
+"""GPU checks for a machine with a CUDA GPU: FA2 varlen isolation, bf16 Eq. 4 = Eq. 2, memory.
 
-Run as one prepared script on the device machine (see README, "GPU checks"):
+Run as one script on the GPU machine (see README, "GPU checks"):
     python scripts/gpu_checks.py --out $OUT/gpu_checks.jsonl
 Each check prints and appends one JSON line: name, value, tolerance / goal, ok, and the versions.
 Checks:

@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
-from longalign.batching import EpochDataLoader, PackedBatchSampler, RandomBatchSampler, SortedBatchSampler, WithPackIds
+from torch.utils.data import DataLoader
+
+from longalign.batching import PackedBatchSampler, RandomBatchSampler, SortedBatchSampler, WithPackIds
 from longalign.collate import PackingCollator
 
 
@@ -19,6 +21,12 @@ def all_ranks(cls, world: int, epoch: int, **kw) -> list[list[list[int]]]:
         sampler.set_epoch(epoch)
         out.append(list(sampler))
     return out
+
+
+def step_indices(sampler, epoch: int) -> list[np.ndarray]:
+    """Per optimizer step, every index it trains (all micro-steps, all ranks), from ``epoch_plan``."""
+    return [np.array([i for micro in step for rank in micro for unit in rank for i in unit])
+            for step in sampler.epoch_plan(epoch)]
 
 
 CASES = [(1, 4, 1), (2, 4, 1), (4, 3, 2), (3, 5, 3), (8, 1, 1), (4, 50, 1)]
@@ -43,11 +51,11 @@ def test_sorted_step_grouping_keeps_whole_steps_consecutive():
     rank_of_sorted = np.empty(len(lens), dtype=np.int64)
     rank_of_sorted[np.lexsort((np.arange(len(lens)), lens))] = np.arange(len(lens))
     spreads = []
-    for group in sampler.global_batches(0):
+    for group in step_indices(sampler, 0):
         pos = np.sort(rank_of_sorted[group])
         assert np.all(np.diff(pos) == 1)  # a consecutive run of the length-sorted order
         spreads.append(lens[group].max() - lens[group].min())
-    random = RandomBatchSampler(lens, batch_size=8, world_size=2, seed=0).global_batches(0)
+    random = step_indices(RandomBatchSampler(lens, batch_size=8, world_size=2, seed=0), 0)
     random_spreads = [lens[g].max() - lens[g].min() for g in random]
     assert np.mean(spreads) < 0.1 * np.mean(random_spreads)
 
@@ -114,7 +122,7 @@ def test_packed_sampler_in_dataloader_with_pack_ids():
     make = lambda: PackedBatchSampler(lens, max_len=2048, packs_per_device=2, yield_pack_ids=True, seed=1)
     expected = list(make())
     sampler = make()
-    loader = EpochDataLoader(WithPackIds(data), batch_sampler=sampler, collate_fn=PackingCollator())
+    loader = DataLoader(WithPackIds(data), batch_sampler=sampler, collate_fn=PackingCollator())
     assert len(loader) == len(expected)
     seen = 0
     for batch, micro in zip(loader, expected):
@@ -127,18 +135,6 @@ def test_packed_sampler_in_dataloader_with_pack_ids():
 def test_too_few_sequences_raise():
     with pytest.raises(ValueError, match="micro-batch slots"):
         list(SortedBatchSampler([5, 6, 7], batch_size=1, world_size=4))
-
-
-def test_epoch_dataloader_forwards_set_epoch():
-    lens = lengths(40)
-    data = [{"input_ids": [1] * n, "labels": [1] * n} for n in lens.tolist()]
-    sampler = SortedBatchSampler(lens, batch_size=4, seed=0)
-    loader = EpochDataLoader(data, batch_sampler=sampler, collate_fn=lambda f: len(f))
-    loader.set_epoch(3)
-    assert sampler.state_dict()["epoch"] == 3
-    expected = SortedBatchSampler(lens, batch_size=4, seed=0)
-    expected.set_epoch(3)
-    assert list(loader) == [len(mb) for mb in expected]
 
 
 def test_epoch_rolls_over_without_stop_iteration():

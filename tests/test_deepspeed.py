@@ -20,20 +20,28 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from longalign import context, models
+from longalign import context, models, paths
 from longalign.train import (LongAlignTrainer, TrainConfig, build_model, collate_micro_batch, free_port,
                              load_tokenizer, loss_sums, target_weights, training_arguments)
 
 ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG = ROOT / "configs" / "deepspeed" / "zero3_offload.json"
+REFERENCE_DS_CONFIG = paths.SHARED / "reference" / "longalign_ds_config" / "stage3.json"
 
 
 def test_config_matches_paper_settings():
+    """Paper section 4.1: "DeepSpeed+ZeRO3+CPU offloading"; the official scripts train with --bf16, which
+    "auto" follows (fp16 must not be forced on)."""
     ds = json.loads(DS_CONFIG.read_text())
     z = ds["zero_optimization"]
-    assert z["stage"] == 3 and z["offload_optimizer"]["device"] == "cpu" and z["offload_param"]["device"] == "cpu"
-    assert ds["bf16"]["enabled"] == "auto" and ds["train_micro_batch_size_per_gpu"] == "auto"
-    assert ds["gradient_accumulation_steps"] == "auto" and ds["gradient_clipping"] == "auto"
+    assert (z["stage"], z["offload_optimizer"]["device"], z["offload_param"]["device"]) == (3, "cpu", "cpu")
+    assert ds["bf16"]["enabled"] in (True, "auto") and ds["fp16"]["enabled"] in (False, "auto")
+
+
+@pytest.mark.skipif(not REFERENCE_DS_CONFIG.is_file(), reason="../shared/reference/longalign_ds_config absent")
+def test_config_equals_official_stage3_file():
+    """Independent reference: the official LongAlign ``ds_config/stage3.json``, parsed, key for key."""
+    assert json.loads(DS_CONFIG.read_text()) == json.loads(REFERENCE_DS_CONFIG.read_text())
 
 
 @pytest.mark.slow

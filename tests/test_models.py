@@ -1,4 +1,4 @@
-"""Models and tokenizers: the cpu tokenizer's chat template masks exactly the assistant turns."""
+"""Models and tokenizers: chat templates mask exactly the assistant turns; the tokenizer cache; attention choice."""
 
 from __future__ import annotations
 
@@ -26,9 +26,18 @@ def test_cpu_tokenizer_chat_template(tok):
     assert len(tok) == 8192 and tok.pad_token_id != tok.eos_token_id
 
 
-def test_tokenizer_is_cached(tok):
-    again = models.cpu_tokenizer()
-    assert again("def main(): pass")["input_ids"] == tok("def main(): pass")["input_ids"]
+def test_tokenizer_is_trained_once_then_loaded_from_cache(tmp_path, monkeypatch):
+    """A second call (and a second process: only the folder is shared) loads the saved tokenizer, no retraining."""
+    monkeypatch.setenv("LONGALIGN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "offline_texts", lambda: iter(["def main(): pass\n" * 50, "Read this. 你好"]))
+    trained = []
+    real = models.train_bpe_tokenizer
+    monkeypatch.setattr(models, "train_bpe_tokenizer", lambda texts, n: trained.append(n) or real(texts, n))
+    first = models.cpu_tokenizer(vocab_size=300)
+    second = models.cpu_tokenizer(vocab_size=300)
+    assert trained == [300]
+    assert (tmp_path / "cache" / "tokenizers" / "bpe-300" / "tokenizer.json").is_file()
+    assert second("def main(): pass")["input_ids"] == first("def main(): pass")["input_ids"]
 
 
 def test_tiny_llama_deterministic_and_config_untouched(tok):
@@ -36,7 +45,28 @@ def test_tiny_llama_deterministic_and_config_untouched(tok):
     a, b = models.tiny_llama(cfg, seed=3), models.tiny_llama(cfg, seed=3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert cfg.hidden_size == 64 and a.config.hidden_size == 64
-    assert models.attention_implementation() in ("sdpa", "flash_attention_2")
+
+
+@pytest.mark.parametrize("cuda,flash_attn,expected", [(False, False, "sdpa"), (False, True, "sdpa"),
+                                                      (True, False, "sdpa"), (True, True, "flash_attention_2")])
+def test_attention_implementation_needs_cuda_and_flash_attn(monkeypatch, cuda, flash_attn, expected):
+    """FA2 only where both exist (the paper's GPU setup); sdpa everywhere else, e.g. this CPU machine."""
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name == "flash_attn":
+            return object() if flash_attn else None
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert models.attention_implementation() == expected
+
+
+def test_tiny_llama_uses_the_chosen_attention(monkeypatch):
+    monkeypatch.setattr(models, "attention_implementation", lambda: "eager")
+    model = models.tiny_llama(models.tiny_llama_config(300, hidden=64, layers=1, heads=2))
+    assert model.config._attn_implementation == "eager"
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ def _ids(tok, text):
 @pytest.mark.parametrize("length", [300, 1500])
 @pytest.mark.parametrize("depth", [0, 10, 33, 50, 77, 90, 100])
 def test_needle_at_sentence_end_before_depth(tok, haystack, length, depth):
-    context = needle.build_context(tok, haystack, needle.NEEDLE, length, depth)
+    context = needle.place_needle(tok, haystack, needle.NEEDLE, length, depth)[0]
     assert context.count(needle.NEEDLE) == 1
     assert len(_ids(tok, context)) <= length
     # Rebuild the cut haystack and the target character position independently of the library.
@@ -68,7 +68,8 @@ def test_needle_at_sentence_end_before_depth(tok, haystack, length, depth):
 
 def test_needle_depth_tracks_request(haystack):
     tok = models.load_tokenizer("bpe-8k")
-    depths = [needle.build_context(tok, haystack, needle.NEEDLE, 3000, d).index(needle.NEEDLE) for d in (10, 50, 90)]
+    contexts = [needle.place_needle(tok, haystack, needle.NEEDLE, 3000, d)[0] for d in (10, 50, 90)]
+    depths = [c.index(needle.NEEDLE) for c in contexts]
     assert depths[0] < depths[1] < depths[2]
 
 
@@ -131,17 +132,17 @@ def test_haystack_without_sentences_warns_instead_of_silent_zero(wordlevel):
     assert context.startswith("\nNEEDLE\n") and achieved == 0.0
 
 
-def test_build_context_rejects_tiny_budget(haystack):
+def test_place_needle_rejects_tiny_budget(haystack):
     tok = models.load_tokenizer("bpe-8k")
     with pytest.raises(ValueError, match="no room"):
-        needle.build_context(tok, haystack, needle.NEEDLE, 5, 50)
+        needle.place_needle(tok, haystack, needle.NEEDLE, 5, 50)
     with pytest.raises(ValueError):
-        needle.build_context(tok, haystack, needle.NEEDLE, 500, 120)
+        needle.place_needle(tok, haystack, needle.NEEDLE, 500, 120)
 
 
 def test_short_haystack_is_repeated():
     tok = models.load_tokenizer("bpe-8k")
-    context = needle.build_context(tok, "One sentence here. Another one there. ", "NEEDLE.", 200, 50)
+    context = needle.place_needle(tok, "One sentence here. Another one there. ", "NEEDLE.", 200, 50)[0]
     assert context.count("NEEDLE.") == 1 and len(_ids(tok, context)) <= 200 and context.count("Another") > 10
 
 

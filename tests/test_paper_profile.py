@@ -93,7 +93,7 @@ def test_tiny_profile_keeps_the_paper_settings(tmp_path):
     for nb, params in paper.items():
         kept = {k: v for k, v in params.items() if k not in swapped.get(nb, {})}
         assert {k: tiny[nb][k] for k in kept} == kept
-    # the settings the issue names, as literals: a change to paper.yaml must be a conscious one here too
+    # the paper's settings, as literals: a change to paper.yaml must be a conscious one here too
     assert tiny["03_training_methods"]["deepspeed"] == "configs/deepspeed/zero3_offload.json"
     assert tiny["03_training_methods"]["bf16"] is True and tiny["03_training_methods"]["ce_chunk_size"] == 4096
     assert tiny["01_data_construction"]["backend"] == "anthropic" and tiny["01_data_construction"]["model"] == "claude-2.1"

@@ -17,8 +17,13 @@ def test_schedule_time_hand_computed():
     assert idle == pytest.approx(2.0 / 10.0)
 
 
-def test_padded_batch_cost():
-    assert S.padded_batch_cost([2, 5, 3], a=1.0, b=1.0) == 3 * (5 + 25)
+def padded_batch_cost_reference(lengths, a: float, b: float) -> float:
+    """Cost of one padded batch: every row is padded to the longest one."""
+    longest = max(lengths)
+    return len(lengths) * (a * longest + b * longest * longest)
+
+
+def test_seq_cost():
     assert S.seq_cost([4], a=2.0, b=0.5).tolist() == [8 + 8]
 
 
@@ -104,8 +109,8 @@ def per_rank_reference(make, world: int, packed: bool, b: float) -> float:
     ranks = [list(make(world, r)) for r in range(world)]
     total = 0.0
     for micro in zip(*ranks):
-        costs = [float(S.seq_cost(lengths[mb], 1.0, b).sum()) if packed else S.padded_batch_cost(lengths[mb], 1.0, b)
-                 for mb in micro]
+        costs = [float(S.seq_cost(lengths[mb], 1.0, b).sum()) if packed
+                 else padded_batch_cost_reference(lengths[mb].tolist(), 1.0, b) for mb in micro]
         total += max(costs)
     return total
 

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from longalign.models import cpu_tokenizer
-from longalign.records import DataError
-from longalign.tokenize import (IGNORE_INDEX, SKIP_REASONS, check_messages, load_tokenize_stats, load_tokenized,
-                                save_tokenized, tokenize_conversation, tokenize_jsonl)
+from longalign.records import DataError, read_record
+from longalign.tokenize import (IGNORE_INDEX, SKIP_REASONS, check_messages, load_tokenized, save_tokenized,
+                                tokenize_conversation, tokenize_jsonl)
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}],
@@ -110,4 +110,4 @@ def test_skips_are_counted_and_truncation(tok, tmp_path, monkeypatch, capsys):
     loaded = load_tokenized("unit")
     assert loaded["input_ids"] == ds["input_ids"] and loaded["labels"] == ds["labels"]
     assert "list" in str(loaded.data.schema.field("input_ids").type)  # variable-length, not padded
-    assert load_tokenize_stats("unit")["skipped"]["over_length"] == 1
+    assert read_record(folder / "stats.json")["skipped"]["over_length"] == 1

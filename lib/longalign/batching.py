@@ -50,20 +50,18 @@ API
   ``position`` = micro-batches already consumed in that epoch; iteration resumes after them),
   ``__len__`` (micro-batches per rank per epoch), ``num_micro_batches_per_step``.
 - ``WithPackIds(dataset)`` — dataset wrapper: ``ds[(i, pack_id)]`` is ``ds[i]`` plus ``pack_id``.
-- ``EpochDataLoader(dataset, batch_sampler=..., collate_fn=...)`` — a torch DataLoader with
-  ``set_epoch`` forwarded to its batch sampler (HF Trainer calls ``dataloader.set_epoch(epoch)``).
 
-Use with HF Trainer (override ``get_train_dataloader``)::
+Use with HF Trainer (``longalign.train.LongAlignTrainer.get_train_dataloader`` does this)::
 
     sampler = SortedBatchSampler(ds["length"], batch_size=args.per_device_train_batch_size,
                                  world_size=args.world_size, rank=args.process_index, seed=args.seed)
-    return EpochDataLoader(ds, batch_sampler=sampler, collate_fn=PaddingCollator(pad_id))
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=PaddingCollator(pad_id))
 
 Return it WITHOUT ``accelerator.prepare`` (the sampler already shards by rank; prepare would shard
-it a second time). Epochs: HF Trainer calls ``set_epoch(epoch)`` on an ``EpochDataLoader`` (and on
-the sampler inside the ``SkipBatchSampler`` it builds on resume, which it then positions itself, so
-leave ``position`` at 0 in that case); a sampler that finishes an epoch also rolls over to the next
-one by itself. Resume without HF's skipping: ``load_state_dict({"epoch": e, "position": k, ...})``
+it a second time). Epochs: Trainer only calls ``set_epoch`` on prepared loaders, so a callback calls
+``sampler.set_epoch(epoch)`` at each epoch's start (on resume HF wraps the sampler in a
+``SkipBatchSampler`` that it positions itself, so leave ``position`` at 0 in that case); a sampler
+that finishes an epoch also rolls over to the next one by itself. Resume without HF's skipping: ``load_state_dict({"epoch": e, "position": k, ...})``
 with k = micro-batches the trainer consumed (``position`` counts batches handed out by
 ``__iter__``, which runs ahead of training when DataLoader workers prefetch). Micro-batch counts
 per epoch are the same in every epoch and on every rank.
@@ -75,8 +73,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-
-from torch.utils.data import DataLoader
 
 from longalign.packing import pack, schedule_packs, split_packs_to_multiple
 
@@ -181,11 +177,6 @@ class _GroupedBatchSampler(_EpochBatchSampler):
             plan = [[u[0] for u in micro[self.rank]] for step in self.epoch_plan(epoch) for micro in step]
             self._cache = (epoch, plan)
         return self._cache[1]
-
-    def global_batches(self, epoch: int) -> list[np.ndarray]:
-        """All global batches (one per optimizer step) of an epoch in order (every index once)."""
-        return self._groups(epoch)
-
 
 class RandomBatchSampler(_GroupedBatchSampler):
     """Naive batching: a seeded random permutation per epoch, cut into global batches."""
@@ -309,11 +300,3 @@ class WithPackIds:
         index, pack_id = key
         return {**self.dataset[int(index)], "pack_id": int(pack_id)}
 
-
-class EpochDataLoader(DataLoader):
-    """DataLoader whose ``set_epoch`` reaches its batch sampler (HF Trainer calls it every epoch)."""
-
-    def set_epoch(self, epoch: int) -> None:
-        """Forward the epoch to the batch sampler."""
-        if hasattr(self.batch_sampler, "set_epoch"):
-            self.batch_sampler.set_epoch(epoch)

@@ -30,7 +30,6 @@ API
   a multiple of ``world_size`` (``split_packs_to_multiple`` arranges that).
 - ``split_packs_to_multiple(packs, lengths, multiple) -> list[list[int]]`` — split the packs with
   most sequences until the pack count is a multiple of ``multiple`` (no index lost or repeated).
-- ``rank_idle_fraction(schedule, pack_costs) -> float`` — Σ_steps (max − mean rank load) / Σ max.
 """
 
 from __future__ import annotations
@@ -424,14 +423,3 @@ def split_packs_to_multiple(packs: Sequence[Sequence[int]], lengths: Sequence[in
         out[k], extra = seqs[0::2], seqs[1::2]  # alternate so both halves have similar lengths
         out.append(extra)
     return out
-
-
-def rank_idle_fraction(schedule: Sequence[Sequence[Sequence[int]]], pack_costs: Sequence[float]) -> float:
-    """Fraction of rank-time spent waiting for the slowest rank: Σ(max − mean) / Σ max over steps."""
-    cost = np.asarray(pack_costs, dtype=np.float64)
-    busy_max = idle = 0.0
-    for step in schedule:
-        loads = np.array([cost[list(r)].sum() if len(r) else 0.0 for r in step])
-        busy_max += loads.max()
-        idle += loads.max() - loads.mean()
-    return idle / busy_max if busy_max > 0 else 0.0

@@ -28,7 +28,6 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import pandas as pd
 from filelock import FileLock, Timeout
@@ -121,11 +120,6 @@ def record_name(item_id: Any) -> str:
 
 def _quote(ch: str) -> str:
     return ch if not _UNSAFE.match(ch) else "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
-
-
-def item_id_from_name(name: str) -> str | None:
-    """The item id encoded by :func:`record_name` (None for a hashed over-long name, which cannot be reversed)."""
-    return None if "~" in name else unquote(name, errors="strict")
 
 
 def lock_path(target: str | Path) -> Path:

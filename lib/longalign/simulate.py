@@ -20,7 +20,7 @@ default), ``packing`` (packs of ``pack_strategy``, attention-cost-balanced steps
 
 API: ``simulate_method(lengths, method, world_size=8, *, per_device_batch, grad_accum, max_len, a, b,
 seed, pack_strategy, balance, sorted_grouping, step_overhead, micro_overhead) -> SimResult``;
-``method_sampler``; ``plan_costs``; ``compare_methods``; ``longalign_length_mix``;
+``method_sampler``; ``plan_costs``; ``longalign_length_mix``;
 ``schedule_report`` / ``weight_share_table`` (each schedule's long-sequence weight share, fill and
 idle, via ``longalign.weighting.epoch_weights``); ``paper_fig5_prediction`` beside
 ``paper_fig5_relative()`` (the paper's measured Fig. 5); ``paper_overheads`` (per-step and
@@ -31,7 +31,7 @@ paper with and without them, and the per-step overhead that would close the gap)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -73,24 +73,11 @@ class SimResult:
     computed_tokens: int  # including padding
     extra: dict = field(default_factory=dict)
 
-    def as_dict(self) -> dict:
-        """Plain dict (JSON-ready) without the per-rank list."""
-        out = asdict(self)
-        out["busy_max"], out["busy_min"] = max(self.busy), min(self.busy)
-        out.pop("busy")
-        return out
-
 
 def seq_cost(lengths, a: float = 1.0, b: float = 1 / 4096) -> np.ndarray:
     """Cost ``a*L + b*L^2`` of each sequence run on its own."""
     lengths = np.asarray(lengths, dtype=np.float64)
     return a * lengths + b * lengths * lengths
-
-
-def padded_batch_cost(lengths, a: float = 1.0, b: float = 1 / 4096) -> float:
-    """Cost of one padded batch: every row is padded to the longest one."""
-    lengths = np.asarray(lengths)
-    return float(len(lengths) * seq_cost(lengths.max(), a, b)) if len(lengths) else 0.0
 
 
 def schedule_time(micro_costs: np.ndarray) -> tuple[float, np.ndarray, float]:
@@ -188,11 +175,6 @@ def simulate_method(lengths, method: str, world_size: int = 8, *, per_device_bat
              "balanced": balance and method == "packing"} if packed else {}
     return SimResult(method, world_size, total, busy.tolist(), idle_time / (total * world_size) if total > 0 else 0.0,
                      len(plan), len(table), int(lengths.sum()), int(computed), extra)
-
-
-def compare_methods(lengths, world_size: int = 8, *, methods=METHODS, **kwargs) -> dict[str, SimResult]:
-    """Simulate every method on the same lengths."""
-    return {m: simulate_method(lengths, m, world_size, **kwargs) for m in methods}
 
 
 def paper_fig5_prediction(lengths=None, *, a: float = 1.0, b: float = 1 / 4096, seed: int = 0,

@@ -39,7 +39,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from longalign import paths as lpaths
-from longalign.records import DataError, read_jsonl, read_record, write_record
+from longalign.records import DataError, read_jsonl, write_record
 
 IGNORE_INDEX = -100
 SKIP_REASONS = ("bad_schema", "bad_roles", "empty_assistant", "zero_target", "over_length")
@@ -241,8 +241,3 @@ def load_tokenized(name: str) -> datasets.Dataset:
     if not folder.is_dir():
         raise FileNotFoundError(f"no tokenized dataset at {folder}; run tokenize_jsonl + save_tokenized first")
     return datasets.load_from_disk(str(folder))
-
-
-def load_tokenize_stats(name: str) -> dict[str, Any]:
-    """The stats.json saved with a tokenized dataset."""
-    return read_record(tokenized_dir(name) / "stats.json")

@@ -146,11 +146,6 @@ def place_needle(tokenizer, haystack: str, needle: str, context_length: int,
         n -= excess
 
 
-def build_context(tokenizer, haystack: str, needle: str, context_length: int, depth_percent: float) -> str:
-    """Haystack cut to ``context_length`` tokens (needle included) with the needle after the sentence end before the depth."""
-    return place_needle(tokenizer, haystack, needle, context_length, depth_percent)[0]
-
-
 def _join(before: str, needle: str, after: str) -> str:
     # A needle without surrounding whitespace must not glue onto the neighbouring words.
     if after and not after[0].isspace() and not needle[-1:].isspace():
