@@ -4,9 +4,9 @@
 ``LONGALIGN_CACHE`` redirects caches (tokenizers, converted models, API responses).
 Nothing else in the project builds output paths by hand. Folders that hold prompts, answers or a
 user's documents (``outputs/data``, the API response caches) are owner-only (0700, whatever the
-umask), so that other accounts on a shared machine cannot read them. The folder's mode is the
-protection: files inside keep their writers' modes (``records.atomic_write_text`` makes 0644 for
-the shared results), except those the LLM client and the Self-Instruct pipeline write 0600.
+umask), so that other accounts on a shared machine cannot read them; the files ``records`` and the
+LLM client write there are 0600 (``records.owner_only``). Arrow folders that ``datasets`` writes
+under ``outputs/data/tokenized`` keep its modes: the 0700 parent folder is their protection.
 """
 
 from __future__ import annotations
