@@ -182,7 +182,7 @@ def _gathered(param: torch.nn.Parameter):
     if not hasattr(param, "ds_id"):
         yield param
         return
-    import deepspeed
+    import deepspeed  # optional dependency: only ZeRO-3 parameters (with ds_id) reach this line
     with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
         yield param
 

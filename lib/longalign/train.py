@@ -54,22 +54,30 @@ Paper command (8xA800, ZeRO-3 + CPU offload; one run)::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
 import random
 import shutil
+import socket
+import subprocess
+import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
+import transformers
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
 from longalign import batching, collate, models, packing, paths, records, tokenize
 from longalign.dist import all_gather_rows, all_reduce_sum, barrier, is_main, num_processes
@@ -401,8 +409,6 @@ def load_train_dataset(cfg: TrainConfig, tokenizer):
 
 def _load_from_disk(folder: str | Path):
     """``datasets.load_from_disk``, refusing a saved dataset with no rows (``datasets`` itself crashes on it)."""
-    import datasets
-
     state = Path(folder) / "state.json"
     if state.is_file() and not json.loads(state.read_text(encoding="utf-8")).get("_data_files"):
         raise ValueError(f"training data tokenized_dir {folder} has no rows (an empty saved dataset): nothing to train on")
@@ -426,15 +432,12 @@ def check_trainable(dataset, where: str):
 
 def _target_tokens(dataset) -> int:
     """Labels other than IGNORE_INDEX after each row's first position (never predicted), counted in Arrow."""
-    import pyarrow.compute as pc
-
     labels = dataset.with_format("arrow")[:]["labels"]
     return int(pc.sum(pc.not_equal(pc.list_flatten(pc.list_slice(labels, 1)), collate.IGNORE_INDEX)).as_py() or 0)
 
 
 def _tokenized_name(cfg: TrainConfig, tokenizer) -> str:
     """Cache key of the tokenized data: files (path, size, mtime), tokenizer and max_len."""
-    import hashlib
     key = [(str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in cfg.data]
     key.append((getattr(tokenizer, "name_or_path", ""), len(tokenizer), cfg.max_len))
     digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]
@@ -469,7 +472,7 @@ def training_arguments(cfg: TrainConfig, out_dir: Path) -> TrainingArguments:
     )
     if cfg.deepspeed and cpu and args.world_size > 1:
         # use_cpu makes accelerate start a plain gloo group; DeepSpeed's comm layer must wrap it too
-        import deepspeed
+        import deepspeed  # optional dependency: only DeepSpeed runs import it
         deepspeed.init_distributed(dist_backend="gloo")
     return args
 
@@ -600,8 +603,6 @@ def _json_ok(path: Path) -> bool:
 
 def _file_ok(path: Path) -> bool:
     """Cheap completeness test: torch files are zip archives (end record present), safetensors sizes add up."""
-    import zipfile
-
     if path.suffix in (".pt", ".pth", ".bin"):
         return zipfile.is_zipfile(path)
     if path.suffix == ".safetensors":
@@ -636,7 +637,7 @@ def _make_record(cfg: TrainConfig, trainer: LongAlignTrainer, out_dir: Path, tra
     log = _read_log(out_dir / "log.jsonl")
     wall = float(sum(r["step_s"] for r in log))
     tokens, positions = sum(r["tokens"] for r in log), sum(r["positions"] for r in log)
-    ckpts = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    ckpts = _checkpoints(out_dir)
     return {
         "name": cfg.name(), "method": cfg.method, "seed": cfg.seed, "config": _jsonable(cfg),
         "world_size": trainer.args.world_size, "steps": len(log), "wall_s": wall, "process_train_s": train_s,
@@ -668,7 +669,6 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
 
 def machine_info() -> dict[str, Any]:
     """Host, CPU/GPU and library versions for the record."""
-    import transformers
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
             "torch": torch.__version__, "transformers": transformers.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -775,8 +775,6 @@ def _suite_lengths(cfg: TrainConfig) -> list[int]:
 @torch.no_grad()
 def evaluate_loss(model_path: str | Path, dataset, max_len: int, ce_chunk_size: int = CE_CHUNK_SIZE) -> dict[str, float]:
     """Token-mean and sequence-mean target loss of a checkpoint on tokenized rows (packed forwards)."""
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation=default_attn_implementation())
     model.eval()
     totals = {"ce": 0.0, "seq": 0.0, "targets": 0, "sequences": 0}
@@ -797,8 +795,6 @@ def launch_runs(cfgs: list[TrainConfig], nproc: int = 1, tag: str = "runs", port
     if nproc <= 1:
         return [run_training(c) for c in tqdm(cfgs, desc=tag)]
     port = port or free_port()
-    import subprocess
-    import sys
     spec = paths.outputs() / "launch" / f"{tag}.json"
     records.atomic_write_text(spec, json.dumps([asdict(c) for c in cfgs]))
     env = {**os.environ, "LONGALIGN_OUTPUTS": str(paths.outputs()),
@@ -814,7 +810,6 @@ def launch_runs(cfgs: list[TrainConfig], nproc: int = 1, tag: str = "runs", port
 
 def free_port() -> int:
     """A TCP port nothing listens on now (two launches on one machine must not share a rendezvous port)."""
-    import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
