@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from longalign import attention, models
-from longalign.collate import PackingCollator, sequence_weights
+from longalign.collate import IGNORE_INDEX, PackingCollator, sequence_weights
 from longalign.loss import CE_CHUNK_SIZE, forward_loss_sums, loss_sums, objective
 
 
@@ -42,7 +42,7 @@ def _features(rng: random.Random, n: int, lo: int, hi: int, vocab: int) -> list[
         length = rng.randint(lo, hi)
         ids = [rng.randrange(4, vocab) for _ in range(length)]
         cut = rng.randint(1, length - 2)
-        feats.append({"input_ids": ids, "labels": [-100] * cut + ids[cut:]})
+        feats.append({"input_ids": ids, "labels": [IGNORE_INDEX] * cut + ids[cut:]})
     return feats
 
 

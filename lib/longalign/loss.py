@@ -86,8 +86,7 @@ def loss_sums_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, ba
     valid = labels != IGNORE_INDEX
     weights = target_weights(batch, valid, torch.promote_types(hidden.dtype, torch.float32))
     key = objective_term(method)[0]
-    total, ce = linear_cross_entropy(hidden[:, :-1][valid], lm_head_weight, labels[valid], weights[key],
-                                          chunk_size)
+    total, ce = linear_cross_entropy(hidden[:, :-1][valid], lm_head_weight, labels[valid], weights[key], chunk_size)
     return {k: total if k == key else (ce * w).sum() for k, w in weights.items()}
 
 
