@@ -285,7 +285,7 @@ class LongAlignTrainer(Trainer):
             self.accelerator.backward(loss, **kwargs)
         self._acc["compute"] += time.perf_counter() - t0
         if explicit and (self.cfg.sync_micro_steps or last):
-            self._acc["wait"] += self._timedbarrier()
+            self._acc["wait"] += self._timed_barrier()
         if explicit and last:
             self._acc["comm"] += self._reduce_gradients(model)
         self._micro += 1
