@@ -77,7 +77,7 @@ def test_padding_collator_gives_sequence_mean():
     for row, f in enumerate(feats):
         total, n = reference_ce(logits[row:row + 1, :len(f["input_ids"])], f["input_ids"], f["labels"])
         ref.append(total / n)
-    got = objective("naive", loss_sums(logits, batch), {"sequences": batch["num_sequences"]}, batch["num_packs"])
+    got = objective("naive", loss_sums(logits, batch), {"sequences": batch["num_sequences"]}, 1)
     assert torch.allclose(got, torch.stack(ref).mean())
 
 
@@ -89,8 +89,13 @@ def test_chunked_loss_equals_plain_loss_and_gradients(chunk_size):
     T, H = batch["input_ids"].shape[1], 16
     hidden = torch.randn(1, T, H, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(VOCAB, H, dtype=torch.float64, requires_grad=True)
-    step = lambda sums: objective("packing_weighted", sums, {"sequences": 6}, 2)  # noqa: E731
-    chunked_loss = lambda: step(loss_sums_from_hidden(hidden, weight, batch, "packing_weighted", chunk_size))  # noqa: E731
+
+    def step(sums: dict) -> torch.Tensor:  # 2 ranks, M = 6: the trainer's step objective
+        return objective("packing_weighted", sums, {"sequences": 6}, 2)
+
+    def chunked_loss() -> torch.Tensor:
+        return step(loss_sums_from_hidden(hidden, weight, batch, "packing_weighted", chunk_size))
+
     plain = step(loss_sums(hidden @ weight.T, batch))
     g_plain = torch.autograd.grad(plain, (hidden, weight))
     chunked = chunked_loss()
