@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import median, result
 
-from longalign.train import CE_CHUNK_SIZE
+from longalign.loss import CE_CHUNK_SIZE
 
 GIB = 2**30
 # name: (params, layers, hidden, ffn, heads, kv_heads, vocab)
@@ -35,7 +35,7 @@ def _measure(variant: str, tokens: int) -> dict:
     from workload import features, models
 
     from longalign.collate import PackingCollator
-    from longalign.train import forward_loss_sums, objective
+    from longalign.loss import forward_loss_sums, objective
 
     torch.manual_seed(0)
     model = models(["ours"])["ours"]

@@ -29,7 +29,7 @@ from workload import MAX_LEN, features, long_tail_lengths, models
 
 from longalign import packing
 from longalign.collate import NON_MODEL_KEYS, PackingCollator, PaddingCollator
-from longalign.train import CE_CHUNK_SIZE, forward_loss_sums, objective
+from longalign.loss import CE_CHUNK_SIZE, forward_loss_sums, objective
 
 METHODS = ("naive", "group_by_length", "trl_bfd", "trl_wrapped", "ours_full_ce", "ours")
 BATCH = 8

@@ -6,9 +6,10 @@ Each check prints and appends one JSON line: name, value, tolerance / goal, ok, 
 Checks:
 1. packed logits (FA2 varlen via cu_seq_lens when flash_attn is importable, else our per-segment
    attention on CUDA) equal separate runs of each sequence, bf16 and fp32;
-2. bf16 autocast training step: packed + weighted gradient vs unpacked per-sequence mean (Eq. 2);
+2. bf16 autocast training step: packed + weighted gradient (the trainer's ``loss.loss_sums`` and
+   ``loss.objective``) vs unpacked per-sequence mean (Eq. 2, from the model's own HF loss);
 3. peak GPU memory and time of one training step on a long pack with the plain loss vs the chunked
-   cross-entropy, both through the trainer's ``train.forward_loss_sums``, with gradient checkpointing.
+   cross-entropy, both through the trainer's ``loss.forward_loss_sums``, with gradient checkpointing.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from pathlib import Path
 import torch
 
 from longalign import attention, models
-from longalign.collate import PackingCollator, sequence_weights
-from longalign.loss import packed_loss, token_mean_loss
-from longalign.train import CE_CHUNK_SIZE, forward_loss_sums, objective
+from longalign.collate import IGNORE_INDEX, PackingCollator, sequence_weights
+from longalign.loss import CE_CHUNK_SIZE, forward_loss_sums, loss_sums, objective
 
 
 def _emit(out: Path, name: str, value: float, goal: float, lower_is_ok: bool = True, **extra) -> None:
@@ -42,8 +42,12 @@ def _features(rng: random.Random, n: int, lo: int, hi: int, vocab: int) -> list[
         length = rng.randint(lo, hi)
         ids = [rng.randrange(4, vocab) for _ in range(length)]
         cut = rng.randint(1, length - 2)
-        feats.append({"input_ids": ids, "labels": [-100] * cut + ids[cut:]})
+        feats.append({"input_ids": ids, "labels": [IGNORE_INDEX] * cut + ids[cut:]})
     return feats
+
+
+def _cuda(batch: dict) -> dict:
+    return {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 def _model(dtype: torch.dtype, attn: str, hidden: int = 512, layers: int = 4):
@@ -80,17 +84,18 @@ def check_bf16_gradient(out: Path) -> None:
             fn()
         return torch.cat([p.grad.flatten().float() for p in model.parameters()])
 
-    def reference() -> None:
+    def reference() -> None:  # each sequence alone, HF's own token-mean loss, averaged over the M sequences
         for f in feats:
             masked, _, _ = sequence_weights(f["labels"])
-            logits = model(input_ids=torch.tensor([f["input_ids"]]).cuda(), use_cache=False).logits
-            (token_mean_loss(logits, torch.tensor([masked]).cuda()) / m).backward()
+            out = model(input_ids=torch.tensor([f["input_ids"]]).cuda(), labels=torch.tensor([masked]).cuda(),
+                        use_cache=False)
+            (out.loss / m).backward()
 
-    def packed() -> None:
+    def packed() -> None:  # the trainer's step objective, summed over the micro-batches
         for pack in packs:
-            b = PackingCollator()(pack)
-            logits = model(input_ids=b["input_ids"].cuda(), position_ids=b["position_ids"].cuda(), use_cache=False).logits
-            (packed_loss(logits, b["labels"].cuda(), b["loss_weights"].cuda(), len(packs), m) / len(packs)).backward()
+            b = _cuda(PackingCollator()(pack))
+            logits = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
+            objective("packing_weighted", loss_sums(logits, b), {"sequences": m}, 1).backward()
 
     ref, got = grads(reference), grads(packed)
     _emit(out, "bf16_grad_rel_err_eq4_vs_eq2", float((got - ref).norm() / ref.norm()), 2e-2)
@@ -101,7 +106,7 @@ def check_memory(out: Path, tokens: int) -> None:
     model = _model(torch.bfloat16, attention.ATTN_IMPLEMENTATION, hidden=1024, layers=8)
     model.gradient_checkpointing_enable()
     feats = _features(random.Random(2), max(tokens // 4096, 1), 2048, 6144, 8192)
-    b = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in PackingCollator()(feats).items()}
+    b = _cuda(PackingCollator()(feats))
     for name, chunk in (("plain", 0), ("chunked", CE_CHUNK_SIZE)):
         torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); start = time.perf_counter()
         sums, _ = forward_loss_sums(model, b, "packing_weighted", chunk, varlen=True)  # the trainer's loss path

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from longalign import config, paths
+from longalign.dist import is_main
 from longalign.train import TrainConfig, run_training, training_run_configs
 
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for cfg in configs_from_args(args):
         rec = run_training(cfg, overwrite=args.overwrite)
-        if int(os.environ.get("RANK", "0")) == 0:
+        if is_main():
             print(json.dumps({k: rec.get(k) for k in ("name", "method", "seed", "world_size", "steps", "wall_s",
                                                     "tokens_per_s", "final_loss_token", "final_loss_sequence")}))
     return 0

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from longalign import context, models, paths
-from longalign.train import (LongAlignTrainer, TrainConfig, build_model, collate_micro_batch, free_port,
-                             load_tokenizer, loss_sums, target_weights, training_arguments)
+from longalign.loss import loss_sums, target_weights
+from longalign.train import (LongAlignTrainer, TrainConfig, build_model, collate_micro_batch, free_port, load_tokenizer,
+                             training_arguments)
 
 ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG = ROOT / "configs" / "deepspeed" / "zero3_offload.json"

@@ -1,12 +1,11 @@
-"""Loss weighting (Eq. 2/3/4) against independent unpacked references; chunked loss = plain loss."""
+"""The trainer's loss (Eq. 2/3/4) against independent unpacked references; chunked loss = plain loss."""
 
 import numpy as np
 import pytest
 import torch
 
 from longalign.collate import IGNORE_INDEX, PackingCollator, PaddingCollator
-from longalign.loss import (linear_cross_entropy, loss_sums, packed_loss, packed_loss_from_hidden, sequence_mean_loss,
-                            token_mean_loss)
+from longalign.loss import linear_cross_entropy, loss_sums, loss_sums_from_hidden, objective
 from longalign.models import tiny_llama, tiny_llama_config
 
 VOCAB = 48
@@ -36,23 +35,37 @@ def reference_ce(logits: torch.Tensor, ids: list[int], labels: list[int]) -> tup
     return total, n
 
 
-def test_packed_loss_matches_explicit_formula():
+def with_pack_ids(batch: dict, pack_sizes: list[int]) -> dict:
+    """``pack_ids`` over a packed row whose consecutive sequences form packs of ``pack_sizes`` sequences."""
+    cu = batch["cu_seq_lens_q"].tolist()
+    ids, seq = [], 0
+    for p, size in enumerate(pack_sizes):
+        ids += [p] * (cu[seq + size] - cu[seq])
+        seq += size
+    return {**batch, "pack_ids": torch.tensor([ids])}
+
+
+def test_loss_sums_match_explicit_formula():
     feats = sequences(0, 5)
-    batch = PackingCollator(weights_dtype=torch.float64)(feats)
+    batch = with_pack_ids(PackingCollator(weights_dtype=torch.float64)(feats), [2, 3])
     torch.manual_seed(0)
     logits = torch.randn(1, batch["input_ids"].shape[1], VOCAB, dtype=torch.float64)
     cu = batch["cu_seq_lens_q"].tolist()
-    per_seq = []
+    totals, counts = [], []
     for s, e, f in zip(cu[:-1], cu[1:], feats):
         total, n = reference_ce(logits[:, s:e], f["input_ids"], f["labels"])
-        per_seq.append(total / n)
-    expected = 3 * torch.stack(per_seq).sum() / 5  # K/M · Σ_i L_i/N_i with K=3
-    assert torch.allclose(packed_loss(logits, batch["labels"], batch["loss_weights"], 3, 5), expected)
-    assert torch.allclose(sequence_mean_loss(logits, batch["labels"], batch["loss_weights"], 5), expected / 3)
-    sums = loss_sums(logits, batch["labels"], batch["loss_weights"])
-    assert sums["num_target_tokens"] == batch["num_target_tokens"]
-    assert sums["weighted_sum"] == pytest.approx(float(expected) * 5 / 3)
-    assert float(token_mean_loss(logits, batch["labels"])) == pytest.approx(sums["ce_sum"] / sums["num_target_tokens"])
+        totals.append(total)
+        counts.append(n)
+    per_seq = torch.stack([t / n for t, n in zip(totals, counts)])
+    expected = 3 * per_seq.sum() / 5  # K/M · Σ_i L_i/N_i with K=3
+    sums = loss_sums(logits, batch)
+    assert torch.allclose(objective("packing_weighted", sums, {"sequences": 5}, 3), expected)
+    assert torch.allclose(objective("naive", sums, {"sequences": 5}, 1), expected / 3)
+    assert float(sums["seq"]) == pytest.approx(float(expected) * 5 / 3)
+    assert sum(counts) == batch["num_target_tokens"]
+    assert float(sums["ce"]) == pytest.approx(float(sum(totals)))
+    pack_means = [sum(totals[:2]) / sum(counts[:2]), sum(totals[2:]) / sum(counts[2:])]  # Eq. 3: token mean per pack
+    assert torch.allclose(objective("packing", sums, {"packs": 2}, 1), torch.stack(pack_means).mean())
 
 
 def test_padding_collator_gives_sequence_mean():
@@ -64,7 +77,7 @@ def test_padding_collator_gives_sequence_mean():
     for row, f in enumerate(feats):
         total, n = reference_ce(logits[row:row + 1, :len(f["input_ids"])], f["input_ids"], f["labels"])
         ref.append(total / n)
-    got = packed_loss(logits, batch["labels"], batch["loss_weights"], batch["num_packs"], batch["num_sequences"])
+    got = objective("naive", loss_sums(logits, batch), {"sequences": batch["num_sequences"]}, 1)
     assert torch.allclose(got, torch.stack(ref).mean())
 
 
@@ -76,16 +89,22 @@ def test_chunked_loss_equals_plain_loss_and_gradients(chunk_size):
     T, H = batch["input_ids"].shape[1], 16
     hidden = torch.randn(1, T, H, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(VOCAB, H, dtype=torch.float64, requires_grad=True)
-    args = (batch["labels"], batch["loss_weights"], 2, 6)
-    plain = packed_loss(hidden @ weight.T, *args)
+
+    def step(sums: dict) -> torch.Tensor:  # 2 ranks, M = 6: the trainer's step objective
+        return objective("packing_weighted", sums, {"sequences": 6}, 2)
+
+    def chunked_loss() -> torch.Tensor:
+        return step(loss_sums_from_hidden(hidden, weight, batch, "packing_weighted", chunk_size))
+
+    plain = step(loss_sums(hidden @ weight.T, batch))
     g_plain = torch.autograd.grad(plain, (hidden, weight))
-    chunked = packed_loss_from_hidden(hidden, weight, *args, chunk_size=chunk_size)
+    chunked = chunked_loss()
     g_chunked = torch.autograd.grad(chunked, (hidden, weight))
     assert torch.allclose(chunked, plain, rtol=1e-12, atol=0)
     for a, b in zip(g_chunked, g_plain):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
     with torch.no_grad():  # the no-grad path (evaluation) gives the same value
-        assert torch.allclose(packed_loss_from_hidden(hidden, weight, *args, chunk_size=chunk_size), plain)
+        assert torch.allclose(chunked_loss(), plain)
 
 
 def test_linear_cross_entropy_rows_match_cross_entropy():
@@ -123,17 +142,15 @@ def reference_eq2_grad(model, feats) -> torch.Tensor:
 
 
 def packed_grad(model, rows: list[list[dict]], weighted: bool, num_sequences: int) -> torch.Tensor:
-    """Mean over micro-batch rows of packed_loss (weighted, Eq. 4) or each row's token mean (Eq. 3)."""
+    """Trainer-style step over micro-batch rows (one pack each unless weighted): Eq. 4 weighted, else Eq. 3."""
     model.zero_grad()
     collate = PackingCollator(weights_dtype=torch.float64)
+    method = "packing_weighted" if weighted else "packing"
+    totals = {"sequences": num_sequences, "packs": len(rows)}
     for row in rows:
-        batch = collate(row)
+        batch = {**collate(row), "pack_ids": torch.zeros(1, sum(len(f["input_ids"]) for f in row), dtype=torch.long)}
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-        if weighted:
-            loss = packed_loss(logits, batch["labels"], batch["loss_weights"], len(rows), num_sequences)
-        else:
-            loss = token_mean_loss(logits, batch["labels"])
-        (loss / len(rows)).backward()  # the trainer averages micro-batch losses
+        objective(method, loss_sums(logits, batch), totals, 1).backward()  # summed over micro-steps, not averaged
     return flat_grad(model)
 
 
@@ -154,7 +171,7 @@ def test_packed_weighted_gradients_equal_unpacked_reference():
 
 
 def test_sampler_step_totals_give_eq2_per_step():
-    """Simulated 2 ranks × GA 2: trainer-style averaging of packed_loss with step_totals = Eq. 2."""
+    """Simulated 2 ranks × GA 2: the trainer's objective with step_totals, summed over GA, averaged over ranks = Eq. 2."""
     from longalign.batching import PackedBatchSampler
     feats = sequences(4, 14, max_len=20)
     lens = [len(f["input_ids"]) for f in feats]
@@ -176,10 +193,9 @@ def test_sampler_step_totals_give_eq2_per_step():
                     batch = collate([feats[i] for i in mb])
                     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                                    use_cache=False).logits
-                    losses.append(packed_loss(logits, batch["labels"], batch["loss_weights"],
-                                              tot["micro_batches"], tot["sequences"]))
+                    losses.append(objective("packing_weighted", loss_sums(logits, batch), tot, world))
                     step_seqs += mb
-                rank_losses.append(torch.stack(losses).mean())  # GA average on each rank
+                rank_losses.append(torch.stack(losses).sum())  # no GA division (loss_is_scaled_for_ga)
             start += n_local
             step_loss = torch.stack(rank_losses).mean()  # DDP average over ranks
             ref = []

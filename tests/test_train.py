@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM
 
 from longalign import collate
 from longalign import models
-from longalign.train import (TrainConfig, check_chunked_ce, loss_sums, objective, run_training, suite_data,
-                             training_run_configs)
+from longalign.loss import check_chunked_ce, forward_loss_sums, loss_sums, objective
+from longalign.train import TrainConfig, collate_micro_batch, run_training, suite_data, training_run_configs
 
 RECORD_KEYS = {"method", "seed", "wall_s", "tokens", "tokens_per_s", "padding_fraction", "final_loss_token",
                "final_loss_sequence", "log", "checkpoints", "machine", "steps"}
@@ -85,8 +85,6 @@ def test_chunked_ce_refuses_models_whose_logits_are_not_a_plain_head():
 
 def test_chunked_ce_finds_the_head_by_vocabulary_size():
     """Remote-code models without get_output_embeddings (ChatGLM3): the one vocab-sized Linear is the head."""
-    from longalign.train import collate_micro_batch, forward_loss_sums
-
     conf = models.tiny_llama_config(96, hidden=16, layers=1, heads=2, max_position=64)
     model = models.tiny_llama(conf, seed=0, dtype=torch.float64)
     model.get_output_embeddings = lambda: None

@@ -1,90 +1,189 @@
-"""Losses for packed and padded training: LongAlign's loss weighting (paper Eq. 4) and metrics.
+"""The training loss: LongAlign's loss weighting (paper Eq. 2/3/4) as the trainer computes it.
 
-Labels are HF-aligned (``logits[:, t]`` predicts ``labels[:, t + 1]``, -100 = not a target) and
-``loss_weights`` come from :mod:`longalign.collate` (1/N_i on the targets of sequence i).
+Labels are HF-aligned (``logits[:, t]`` predicts ``labels[:, t + 1]``, ``IGNORE_INDEX`` = not a
+target); the collators of :mod:`longalign.collate` give each target its sequence's integer target
+count ``target_counts`` (N_i) and, for packed rows, :func:`longalign.train.collate_micro_batch` adds
+per-token ``pack_ids``.
 
 API
 ---
-- ``packed_loss(logits, labels, loss_weights, num_packs, num_sequences) -> Tensor`` —
-  ``num_packs / num_sequences * Σ_t w_t · CE_t`` (shifted CE, computed in at least float32).
-- ``packed_loss_from_hidden(hidden, lm_head_weight, labels, loss_weights, num_packs, num_sequences,
-  chunk_size=4096) -> Tensor`` — the same value and gradients without materialising the [T, V]
-  logits: only target positions are projected, chunk by chunk, and a custom autograd Function
-  computes each chunk's gradients w.r.t. hidden and weight in the forward pass (so no chunk's
-  logits are kept). Use with ``model.model(...)`` hidden states and ``model.lm_head.weight``
-  (under DeepSpeed ZeRO-3 the weight is partitioned outside the module's forward: gather it with
-  ``deepspeed.zero.GatheredParameters(..., modifier_rank=None)``, as ``train.forward_loss_sums`` does).
-- ``linear_cross_entropy(hidden, weight, targets, weights, chunk_size) -> (Σ w·CE, CE)`` — the
+- ``loss_sums(logits, batch) -> {"ce", "seq"[, "pack"]}`` -- Σ CE, Σ CE/N_i and (with ``pack_ids``)
+  Σ CE/N_pack over the micro-batch's targets, in at least float32, graph kept.
+- ``loss_sums_from_hidden(hidden, lm_head_weight, batch, method, chunk_size)`` -- the same sums from
+  final hidden states without materialising the ``[T, V]`` logits (only the objective's sum keeps a graph).
+- ``objective_term(method)`` / ``objective(method, sums, totals, world_size)`` -- which sum a method
+  optimises and its step total (N targets, K packs or M sequences), and this rank's share of it.
+- ``forward_loss_sums(model, batch, method, ce_chunk_size, varlen)`` -- one forward and its sums (the
+  trainer's loss path; ``ce_chunk_size`` > 0 hooks the output head, see below).
+- ``linear_cross_entropy(hidden, weight, targets, weights, chunk_size) -> (Σ w·CE, CE)`` -- the
   chunked kernel on already-selected rows; also returns each row's CE (detached) for logging.
-- ``loss_sums(logits, labels, loss_weights) -> dict`` — detached sums for logging:
-  ``ce_sum`` (Σ CE over targets), ``weighted_sum`` (Σ w·CE = Σ_i L_i/N_i), ``num_target_tokens``.
-- ``token_mean_loss(logits, labels)`` and ``sequence_mean_loss(logits, labels, loss_weights,
-  num_sequences)`` — the two metrics (mean CE per target token; mean over sequences of each
-  sequence's mean CE).
+- ``check_chunked_ce(model)`` / ``output_head(model)`` -- the head the chunked path projects with.
 
 How Eq. 4 maps onto micro-batches
 ---------------------------------
-Paper: M sequences in K packs; each pack's loss is ``K/M · Σ_{i∈pack} L_i/N_i`` and the batch loss is
-the MEAN of the K pack losses, which equals Eq. 2 (``1/M Σ_i L_i/N_i``). ``packed_loss`` of a row
-holding several packs is the SUM of their pack losses. So for the exact Eq. 2 over an optimizer
-step, pass ``num_packs`` = the number of micro-batch losses the trainer averages in that step
-(GA steps × ranks; equal to K when each micro-batch is one pack, as in the paper) and
-``num_sequences`` = M, the sequences with a target in the whole step (summed over GA and ranks).
-``batching.PackedBatchSampler.step_totals(epoch)`` gives both numbers per step (tested in
-``tests/test_loss.py``). With a micro-batch's own collator values and ``num_packs=1``,
-``packed_loss`` is that micro-batch's per-sequence mean (the local approximation). Eq. 3 (no
-weighting) is the token mean of each pack, i.e. ``token_mean_loss`` per pack, averaged over packs.
+Paper: M sequences in K packs; each pack's loss is ``K/M · Σ_{i∈pack} L_i/N_i`` and the batch loss
+is the MEAN of the K pack losses, which equals Eq. 2 (``1/M Σ_i L_i/N_i``). The trainer counts M
+(and K, N) over the whole optimizer step -- every micro-step on every rank -- and each micro-step
+contributes ``world_size · Σ_t CE_t/N_i / M`` (:func:`objective`), with no division by the number
+of micro-steps; ``world_size`` undoes the ranks' gradient mean. Summed over the step that is
+exactly Eq. 2 for any grouping of sequences into packs, rows, micro-steps and ranks
+(``batching.PackedBatchSampler.step_totals`` gives the step totals; tested in ``tests/test_loss.py``).
+Eq. 3 (plain packing) is each pack's token mean averaged over the K packs: ``Σ CE/N_pack / K``.
+
+Chunked cross-entropy
+---------------------
+:func:`linear_cross_entropy` projects only target rows, chunk by chunk, and a custom autograd
+Function computes each chunk's gradients w.r.t. hidden and weight in the forward pass (so no
+chunk's logits are kept). Under DeepSpeed ZeRO-3 the head weight is partitioned outside the
+module's forward: :func:`forward_loss_sums` gathers it with
+``deepspeed.zero.GatheredParameters(..., modifier_rank=None)``.
 """
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from longalign.collate import IGNORE_INDEX
+
+CE_CHUNK_SIZE = 4096  # target rows per logits chunk: 4096 x 32k vocab x fp32 = 0.5 GiB live, not T x V
+VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
-def _shift(logits: torch.Tensor, labels: torch.Tensor, loss_weights: torch.Tensor | None = None):
-    """Flatten (logits[:, :-1], labels[:, 1:], weights[:, 1:]); logits upcast to >= float32."""
-    acc = torch.promote_types(logits.dtype, torch.float32)
-    flat_logits = logits[:, :-1, :].reshape(-1, logits.size(-1)).to(acc)
-    flat_labels = labels[:, 1:].reshape(-1).to(flat_logits.device)
-    if loss_weights is None:
-        return flat_logits, flat_labels, None
-    return flat_logits, flat_labels, loss_weights[:, 1:].reshape(-1).to(flat_logits.device, acc)
+def target_weights(batch: dict[str, Any], valid: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Per-target weights of the three loss sums: ``ce`` 1, ``seq`` 1/N_i and (packed) ``pack`` 1/N_pack.
+
+    Label t+1 is predicted from position t; the collators already set the first label of every
+    sequence to -100, so nothing is predicted across a pack boundary.
+    """
+    # integer N_i, not the collator's float 1/N_i: under DeepSpeed, Trainer casts float inputs to bf16
+    n_i = batch["target_counts"][:, 1:][valid].double()
+    weights = {"ce": torch.ones_like(n_i, dtype=dtype), "seq": (1.0 / n_i).to(dtype)}
+    if "pack_ids" in batch:  # Eq. 3: every pack's token mean
+        pack = batch["pack_ids"][:, 1:][valid]
+        weights["pack"] = 1.0 / torch.bincount(pack).to(dtype)[pack]
+    return {k: w.to(batch["labels"].device) for k, w in weights.items()}
 
 
-def _token_ce(flat_logits: torch.Tensor, flat_labels: torch.Tensor) -> torch.Tensor:
-    """Per-position cross-entropy, 0 where the label is -100."""
-    return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="none")
+def loss_sums(logits: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Σ CE, Σ CE/N_i and Σ CE/N_pack over the micro-batch's targets, from full logits (graph kept)."""
+    labels = batch["labels"][:, 1:]
+    valid = labels != IGNORE_INDEX
+    logit = logits[:, :-1][valid]
+    if logit.dtype in (torch.bfloat16, torch.float16):
+        logit = logit.float()
+    ce = F.cross_entropy(logit, labels[valid], reduction="none")
+    return {k: (ce * w).sum() for k, w in target_weights(batch, valid, ce.dtype).items()}
 
 
-def packed_loss(logits: torch.Tensor, labels: torch.Tensor, loss_weights: torch.Tensor,
-                num_packs: int | float | torch.Tensor, num_sequences: int | float | torch.Tensor) -> torch.Tensor:
-    """LongAlign's weighted loss (Eq. 4): num_packs / num_sequences · Σ_t w_t · CE_t."""
-    flat_logits, flat_labels, w = _shift(logits, labels, loss_weights)
-    return (w * _token_ce(flat_logits, flat_labels)).sum() * num_packs / num_sequences
+def loss_sums_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, batch: dict[str, Any], method: str,
+                          chunk_size: int) -> dict[str, torch.Tensor]:
+    """The same sums from final hidden states, chunked (no [T, V] logits); only the objective's sum keeps a graph."""
+    labels = batch["labels"][:, 1:]
+    valid = labels != IGNORE_INDEX
+    weights = target_weights(batch, valid, torch.promote_types(hidden.dtype, torch.float32))
+    key = objective_term(method)[0]
+    total, ce = linear_cross_entropy(hidden[:, :-1][valid], lm_head_weight, labels[valid], weights[key], chunk_size)
+    return {k: total if k == key else (ce * w).sum() for k, w in weights.items()}
 
 
-@torch.no_grad()
-def loss_sums(logits: torch.Tensor, labels: torch.Tensor, loss_weights: torch.Tensor) -> dict[str, float]:
-    """Detached Σ CE, Σ w·CE and target count of a micro-batch (for token/sequence-mean logging)."""
-    flat_logits, flat_labels, w = _shift(logits, labels, loss_weights)
-    ce = _token_ce(flat_logits, flat_labels)
-    return {"ce_sum": float(ce.sum()), "weighted_sum": float((w * ce).sum()),
-            "num_target_tokens": int((flat_labels != IGNORE_INDEX).sum())}
+def objective_term(method: str) -> tuple[str, str]:
+    """(loss sum, step total) of the method: Σ CE / N targets, Σ CE/N_pack / K packs, or Σ CE/N_i / M sequences."""
+    return {"pretrain": ("ce", "targets"), "packing": ("pack", "packs")}.get(method, ("seq", "sequences"))
 
 
-def token_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean CE over all target tokens (what an unweighted HF loss computes)."""
-    flat_logits, flat_labels, _ = _shift(logits, labels)
-    return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX)
+def objective(method: str, sums: dict[str, torch.Tensor], totals: dict[str, float], world_size: int) -> torch.Tensor:
+    """This rank's share of the step objective, scaled by ``world_size`` to undo the gradient mean."""
+    key, total = objective_term(method)
+    return sums[key] * (world_size / max(totals[total], 1.0))
 
 
-def sequence_mean_loss(logits: torch.Tensor, labels: torch.Tensor, loss_weights: torch.Tensor,
-                       num_sequences: int | float | torch.Tensor) -> torch.Tensor:
-    """Mean over sequences of each sequence's mean target CE (Eq. 2 within this batch)."""
-    return packed_loss(logits, labels, loss_weights, 1, num_sequences)
+def forward_loss_sums(model: torch.nn.Module, batch: dict[str, Any], method: str, ce_chunk_size: int = 0,
+                      varlen: bool = False) -> tuple[dict[str, torch.Tensor], Any]:
+    """One forward of a micro-batch and its loss sums: from full logits, or (``ce_chunk_size`` > 0) chunked.
+
+    The chunked path runs the whole (possibly DDP / DeepSpeed-wrapped) model, so wrappers and
+    ZeRO-3 hooks see a normal forward; a pre-hook on the output head keeps the final hidden
+    states and hands the head one position only, then the head weight (gathered under ZeRO-3)
+    turns only the target rows into logits, one chunk at a time (:func:`linear_cross_entropy`).
+    """
+    fwd = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+    if varlen:
+        fwd.update({k: batch[k] for k in VARLEN_KEYS if k in batch})
+    if ce_chunk_size <= 0:
+        out = model(**fwd, use_cache=False)
+        return loss_sums(out.logits, batch), out
+    head = check_chunked_ce(_unwrap(model))
+    captured: dict[str, torch.Tensor] = {}
+    # prepend: see the head's input before ZeRO-3's own pre-hook wraps it for the head's backward
+    hook = head.register_forward_pre_hook(_keep_hidden(captured, tuple(batch["input_ids"].shape)), prepend=True)
+    try:
+        out = model(**fwd, use_cache=False)
+    finally:
+        hook.remove()
+    with _gathered(head.weight) as weight:
+        return loss_sums_from_hidden(captured["h"], weight, batch, method, ce_chunk_size), out
+
+
+def _keep_hidden(captured: dict[str, torch.Tensor], batch_shape: tuple[int, int]):
+    """Head pre-hook: store the [B, T, H] hidden states, pass the head only the last position."""
+    def hook(_module, args):
+        h = args[0]
+        if tuple(h.shape[:2]) == batch_shape:
+            seq_dim = 1
+        elif tuple(h.shape[:2]) == batch_shape[::-1]:  # sequence-first models (ChatGLM)
+            seq_dim = 0
+        else:
+            raise ValueError(f"output head input {tuple(h.shape)} does not match the batch {batch_shape}: "
+                             "use ce_chunk_size 0 for this model")
+        captured["h"] = h if seq_dim == 1 else h.transpose(0, 1)
+        return (h.narrow(seq_dim, h.size(seq_dim) - 1, 1), *args[1:])
+    return hook
+
+
+def output_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """``get_output_embeddings()``, else the one Linear with vocabulary-sized outputs (remote code, e.g. ChatGLM3)."""
+    head = model.get_output_embeddings()
+    if isinstance(head, torch.nn.Linear):
+        return head
+    vocab = {getattr(model.config, k, None) for k in ("vocab_size", "padded_vocab_size")} - {None}
+    found = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features in vocab]
+    return found[0] if len(found) == 1 else head
+
+
+def check_chunked_ce(model: torch.nn.Module) -> torch.nn.Linear:
+    """The model's output head; ValueError if logits are not plain ``head(hidden)`` (chunked CE would be wrong)."""
+    head, conf = output_head(model), model.config
+    problems = [msg for bad, msg in [
+        (not isinstance(head, torch.nn.Linear) or head.bias is not None, "the output head is not a bias-free Linear"),
+        (getattr(conf, "final_logit_softcapping", None) is not None, "it soft-caps its logits"),
+        (getattr(conf, "logit_scale", None) not in (None, 1.0), "it scales its logits"),
+    ] if bad]
+    if problems:
+        raise ValueError(f"ce_chunk_size > 0 needs logits = lm_head(hidden), but for {type(model).__name__} "
+                         f"{'; '.join(problems)}: use ce_chunk_size 0")
+    return head
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The HF model inside DDP / DeepSpeed engine wrappers."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
+@contextlib.contextmanager
+def _gathered(param: torch.nn.Parameter):
+    """The full parameter: ZeRO-3 partitions it outside its module's forward, so gather it read-only there."""
+    if not hasattr(param, "ds_id"):
+        yield param
+        return
+    import deepspeed  # optional dependency: only ZeRO-3 parameters (with ds_id) reach this line
+    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+        yield param
 
 
 class _ChunkedLinearCE(torch.autograd.Function):
@@ -138,15 +237,3 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     with torch.autocast(hidden.device.type, enabled=False):  # the math runs in >= float32, as documented
         return _ChunkedLinearCE.apply(hidden, weight, targets, weights, chunk_size, need_grad)
-
-
-def packed_loss_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor,
-                            loss_weights: torch.Tensor, num_packs: int | float | torch.Tensor,
-                            num_sequences: int | float | torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
-    """packed_loss computed from final hidden states + lm_head weight, chunked (same value and grads)."""
-    h = hidden[:, :-1, :].reshape(-1, hidden.size(-1))
-    y = labels[:, 1:].reshape(-1).to(h.device)
-    w = loss_weights[:, 1:].reshape(-1).to(h.device)
-    keep = (y != IGNORE_INDEX) & (w != 0)  # other positions add nothing to loss or gradients
-    total, _ = linear_cross_entropy(h[keep], lm_head_weight, y[keep], w[keep], chunk_size)
-    return total * num_packs / num_sequences

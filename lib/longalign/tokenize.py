@@ -39,9 +39,9 @@ import datasets
 from tqdm.auto import tqdm
 
 from longalign import paths as lpaths
+from longalign.collate import IGNORE_INDEX
 from longalign.records import DataError, read_jsonl, write_record
 
-IGNORE_INDEX = -100
 SKIP_REASONS = ("bad_schema", "bad_roles", "empty_assistant", "zero_target", "over_length")
 _MAX_EXAMPLES = 5
 _SHARD_ROWS = 1000

@@ -27,11 +27,12 @@ Models: packed methods need attention that stays inside each packed sequence; tr
 architectures derive it from the restarting ``position_ids``, ChatGLM's remote code does not, so
 packing is refused for it (:func:`check_packing_supported`) and naive / sorted remain.
 
-Loss computation (:func:`forward_loss_sums`): by default (``ce_chunk_size`` 4096) no ``[T, vocab]``
-logits are made. A pre-hook on the output head keeps the final hidden states and hands the head one
-position; :func:`longalign.loss.linear_cross_entropy` then projects only the target rows, 4,096 at a
-time, computing their gradients in the same pass (under ZeRO-3 the head weight is gathered for it).
-``ce_chunk_size: 0`` takes the loss from full logits; both paths give the same update (tested).
+Loss computation (:func:`longalign.loss.forward_loss_sums`, the one loss API): by default
+(``ce_chunk_size`` 4096) no ``[T, vocab]`` logits are made. A pre-hook on the output head keeps the
+final hidden states and hands the head one position; :func:`longalign.loss.linear_cross_entropy`
+then projects only the target rows, 4,096 at a time, computing their gradients in the same pass
+(under ZeRO-3 the head weight is gathered for it). ``ce_chunk_size: 0`` takes the loss from full
+logits; both paths give the same update (tested).
 
 Every step logs the token-mean and the sequence-mean loss (whatever the objective), the learning
 rate, and per-rank compute / wait / communication seconds. Under plain DDP with
@@ -43,7 +44,7 @@ force), so wait time is measured, not inferred. Each run writes ``outputs/runs/{
 API: :class:`TrainConfig`, :func:`run_training` (cfg, dataset=None, overwrite=False) -> run record,
 :func:`launch_runs` (several configs in-process or in one torchrun launch), :func:`training_run_configs`
 (notebook 03's runs from its parameters), :func:`evaluate_loss` (held-out token / sequence mean of a
-checkpoint), and the pure loss pieces :func:`loss_sums` / :func:`objective`.
+checkpoint). The loss itself lives in :mod:`longalign.loss`.
 
 Paper command (8xA800, ZeRO-3 + CPU offload; one run)::
 
@@ -53,32 +54,39 @@ Paper command (8xA800, ZeRO-3 + CPU offload; one run)::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
 import random
 import shutil
+import socket
+import subprocess
+import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+import transformers
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-from longalign import models, paths, records
+from longalign import batching, collate, models, packing, paths, records, tokenize
+from longalign.dist import all_gather_rows, all_reduce_sum, barrier, is_main, num_processes
+from longalign.loss import CE_CHUNK_SIZE, forward_loss_sums, objective
 
 METHODS = ("naive", "sorted", "packing", "packing_weighted", "pretrain")
 PACKED_METHODS = ("packing", "packing_weighted", "pretrain")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 TINY_OVERRIDES = ("hidden", "layers", "heads", "max_position", "rope_theta")
-CE_CHUNK_SIZE = 4096  # target rows per logits chunk: 4096 x 32k vocab x fp32 = 0.5 GiB live, not T x V
 
 
 @dataclass
@@ -148,144 +156,6 @@ class TrainConfig:
             raise ValueError(f"unknown model_overrides {bad}; known: {TINY_OVERRIDES}")
 
 
-# ----------------------------------------------------------------------------- loss terms
-
-def target_weights(batch: dict[str, Any], valid: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Per-target weights of the three loss sums: ``ce`` 1, ``seq`` 1/N_i and (packed) ``pack`` 1/N_pack.
-
-    Label t+1 is predicted from position t; the collators already set the first label of every
-    sequence to -100, so nothing is predicted across a pack boundary.
-    """
-    # integer N_i, not the collator's float 1/N_i: under DeepSpeed, Trainer casts float inputs to bf16
-    n_i = batch["target_counts"][:, 1:][valid].double()
-    weights = {"ce": torch.ones_like(n_i, dtype=dtype), "seq": (1.0 / n_i).to(dtype)}
-    if "pack_ids" in batch:  # Eq. 3: every pack's token mean
-        pack = batch["pack_ids"][:, 1:][valid]
-        weights["pack"] = 1.0 / torch.bincount(pack).to(dtype)[pack]
-    return {k: w.to(batch["labels"].device) for k, w in weights.items()}
-
-
-def loss_sums(logits: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Σ CE, Σ CE/N_i and Σ CE/N_pack over the micro-batch's targets, from full logits (graph kept)."""
-    labels = batch["labels"][:, 1:]
-    valid = labels != -100
-    logit = logits[:, :-1][valid]
-    if logit.dtype in (torch.bfloat16, torch.float16):
-        logit = logit.float()
-    ce = F.cross_entropy(logit, labels[valid], reduction="none")
-    return {k: (ce * w).sum() for k, w in target_weights(batch, valid, ce.dtype).items()}
-
-
-def loss_sums_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor, batch: dict[str, Any], method: str,
-                          chunk_size: int) -> dict[str, torch.Tensor]:
-    """The same sums from final hidden states, chunked (no [T, V] logits); only the objective's sum keeps a graph."""
-    from longalign import loss
-
-    labels = batch["labels"][:, 1:]
-    valid = labels != -100
-    weights = target_weights(batch, valid, torch.promote_types(hidden.dtype, torch.float32))
-    key = objective_term(method)[0]
-    total, ce = loss.linear_cross_entropy(hidden[:, :-1][valid], lm_head_weight, labels[valid], weights[key],
-                                          chunk_size)
-    return {k: total if k == key else (ce * w).sum() for k, w in weights.items()}
-
-
-def objective_term(method: str) -> tuple[str, str]:
-    """(loss sum, step total) of the method: Σ CE / N targets, Σ CE/N_pack / K packs, or Σ CE/N_i / M sequences."""
-    return {"pretrain": ("ce", "targets"), "packing": ("pack", "packs")}.get(method, ("seq", "sequences"))
-
-
-def objective(method: str, sums: dict[str, torch.Tensor], totals: dict[str, float], world_size: int) -> torch.Tensor:
-    """This rank's share of the step objective, scaled by ``world_size`` to undo the gradient mean."""
-    key, total = objective_term(method)
-    return sums[key] * (world_size / max(totals[total], 1.0))
-
-
-def forward_loss_sums(model: torch.nn.Module, batch: dict[str, Any], method: str, ce_chunk_size: int = 0,
-                      varlen: bool = False) -> tuple[dict[str, torch.Tensor], Any]:
-    """One forward of a micro-batch and its loss sums: from full logits, or (``ce_chunk_size`` > 0) chunked.
-
-    The chunked path runs the whole (possibly DDP / DeepSpeed-wrapped) model, so wrappers and
-    ZeRO-3 hooks see a normal forward; a pre-hook on the output head keeps the final hidden
-    states and hands the head one position only, then the head weight (gathered under ZeRO-3)
-    turns only the target rows into logits, one chunk at a time (:func:`loss.linear_cross_entropy`).
-    """
-    fwd = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
-    if varlen:
-        fwd.update({k: batch[k] for k in VARLEN_KEYS if k in batch})
-    if ce_chunk_size <= 0:
-        out = model(**fwd, use_cache=False)
-        return loss_sums(out.logits, batch), out
-    head = check_chunked_ce(_unwrap(model))
-    captured: dict[str, torch.Tensor] = {}
-    # prepend: see the head's input before ZeRO-3's own pre-hook wraps it for the head's backward
-    hook = head.register_forward_pre_hook(_keep_hidden(captured, tuple(batch["input_ids"].shape)), prepend=True)
-    try:
-        out = model(**fwd, use_cache=False)
-    finally:
-        hook.remove()
-    with _gathered(head.weight) as weight:
-        return loss_sums_from_hidden(captured["h"], weight, batch, method, ce_chunk_size), out
-
-
-def _keep_hidden(captured: dict[str, torch.Tensor], batch_shape: tuple[int, int]):
-    """Head pre-hook: store the [B, T, H] hidden states, pass the head only the last position."""
-    def hook(_module, args):
-        h = args[0]
-        if tuple(h.shape[:2]) == batch_shape:
-            seq_dim = 1
-        elif tuple(h.shape[:2]) == batch_shape[::-1]:  # sequence-first models (ChatGLM)
-            seq_dim = 0
-        else:
-            raise ValueError(f"output head input {tuple(h.shape)} does not match the batch {batch_shape}: "
-                             "use ce_chunk_size 0 for this model")
-        captured["h"] = h if seq_dim == 1 else h.transpose(0, 1)
-        return (h.narrow(seq_dim, h.size(seq_dim) - 1, 1), *args[1:])
-    return hook
-
-
-def output_head(model: torch.nn.Module) -> torch.nn.Module | None:
-    """``get_output_embeddings()``, else the one Linear with vocabulary-sized outputs (remote code, e.g. ChatGLM3)."""
-    head = model.get_output_embeddings()
-    if isinstance(head, torch.nn.Linear):
-        return head
-    vocab = {getattr(model.config, k, None) for k in ("vocab_size", "padded_vocab_size")} - {None}
-    found = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features in vocab]
-    return found[0] if len(found) == 1 else head
-
-
-def check_chunked_ce(model: torch.nn.Module) -> torch.nn.Linear:
-    """The model's output head; ValueError if logits are not plain ``head(hidden)`` (chunked CE would be wrong)."""
-    head, conf = output_head(model), model.config
-    problems = [msg for bad, msg in [
-        (not isinstance(head, torch.nn.Linear) or head.bias is not None, "the output head is not a bias-free Linear"),
-        (getattr(conf, "final_logit_softcapping", None) is not None, "it soft-caps its logits"),
-        (getattr(conf, "logit_scale", None) not in (None, 1.0), "it scales its logits"),
-    ] if bad]
-    if problems:
-        raise ValueError(f"ce_chunk_size > 0 needs logits = lm_head(hidden), but for {type(model).__name__} "
-                         f"{'; '.join(problems)}: use ce_chunk_size 0")
-    return head
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The HF model inside DDP / DeepSpeed engine wrappers."""
-    while isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model.module
-    return model
-
-
-@contextlib.contextmanager
-def _gathered(param: torch.nn.Parameter):
-    """The full parameter: ZeRO-3 partitions it outside its module's forward, so gather it read-only there."""
-    if not hasattr(param, "ds_id"):
-        yield param
-        return
-    import deepspeed
-    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-        yield param
-
-
 # ----------------------------------------------------------------------------- batching
 
 def batch_sampler(lengths: list[int], cfg: TrainConfig, world_size: int, rank: int):
@@ -295,8 +165,6 @@ def batch_sampler(lengths: list[int], cfg: TrainConfig, world_size: int, rank: i
     "bfd" and ``equal_pack_counts`` is on: Eq. 4 divides each step by its own M, so steps of very
     different M would reweight the data mixture over the epoch (``longalign.weighting``).
     """
-    from longalign import batching
-
     common = dict(world_size=world_size, rank=rank, seed=cfg.seed, grad_accum=cfg.grad_accum)
     if cfg.method in PACKED_METHODS:
         even = cfg.equal_pack_counts and cfg.pack_strategy == "bfd" and cfg.method != "pretrain"
@@ -310,8 +178,6 @@ def batch_sampler(lengths: list[int], cfg: TrainConfig, world_size: int, rank: i
 
 def collate_micro_batch(features: list[dict], packed: bool, pad_id: int) -> dict[str, Any]:
     """Core collators: packed ``[1, T]`` plus per-token ``pack_ids`` (for Eq. 3), or padded ``[B, T]``."""
-    from longalign import collate
-
     make = collate.PackingCollator(pad_token_id=pad_id) if packed else collate.PaddingCollator(pad_token_id=pad_id)
     batch = make(features)
     # no float tensor may reach Trainer: under DeepSpeed it casts them to bf16 (weights come from target_counts)
@@ -360,11 +226,9 @@ class LongAlignTrainer(Trainer):
     # -- data
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         """Per-rank sampler + core collator; not passed through accelerate (the sampler already shards)."""
-        from longalign.batching import WithPackIds
-
         sampler = batch_sampler(self.lengths, self.cfg, self.args.world_size, self.args.process_index)
         self.add_callback(_SamplerEpochCallback(sampler))
-        data = WithPackIds(self.train_dataset) if self.packed else self.train_dataset
+        data = batching.WithPackIds(self.train_dataset) if self.packed else self.train_dataset
         return torch.utils.data.DataLoader(
             data, batch_sampler=sampler, num_workers=0,
             collate_fn=lambda feats: collate_micro_batch(feats, self.packed, self.pad_id))
@@ -382,20 +246,11 @@ class LongAlignTrainer(Trainer):
             real = int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
             local += torch.tensor([b["num_target_tokens"], b["num_sequences"], b["num_packs"], real,
                                    b["input_ids"].numel(), 1.0], dtype=torch.float64)
-        total = self._all_reduce(local)
+        total = all_reduce_sum(local, self.args.device)
         self._totals = dict(zip(("targets", "sequences", "packs", "tokens", "positions", "micro"), total.tolist()))
         self._micro, self._n_micro = 0, len(batches)
         self._acc = {"ce": 0.0, "seq": 0.0, "compute": 0.0, "wait": 0.0, "comm": 0.0, "t0": time.perf_counter()}
         return batches, None
-
-    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks (on the backend's device), returned on CPU as float64."""
-        if not (dist.is_available() and dist.is_initialized()) or self.args.world_size == 1:
-            return t
-        dev = self.args.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        t = t.to(dev)
-        dist.all_reduce(t)
-        return t.cpu()
 
     # -- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -462,8 +317,8 @@ class LongAlignTrainer(Trainer):
     def _log_step(self) -> None:
         """All-reduce the step's loss sums, gather per-rank timings, append one log row."""
         a, t = self._acc, self._totals
-        sums = self._all_reduce(torch.tensor([a["ce"], a["seq"]], dtype=torch.float64)).tolist()
-        timing = self._gather(torch.tensor([a["compute"], a["wait"], a["comm"]], dtype=torch.float64))
+        sums = all_reduce_sum(torch.tensor([a["ce"], a["seq"]], dtype=torch.float64), self.args.device).tolist()
+        timing = all_gather_rows(torch.tensor([a["compute"], a["wait"], a["comm"]], dtype=torch.float64), self.args.device)
         row = {
             "step": self.state.global_step + 1, "loss_token": sums[0] / max(t["targets"], 1),
             "loss_sequence": sums[1] / max(t["sequences"], 1), "lr": a.get("lr"),
@@ -483,15 +338,6 @@ class LongAlignTrainer(Trainer):
         if self.args.process_index == 0:
             records.append_jsonl(Path(self.args.output_dir) / "log.jsonl", row)
 
-    def _gather(self, t: torch.Tensor) -> np.ndarray:
-        """[world, n] table of a per-rank vector."""
-        if not (dist.is_available() and dist.is_initialized()) or self.args.world_size == 1:
-            return t[None].numpy()
-        dev = self.args.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        out = [torch.zeros_like(t, device=dev) for _ in range(self.args.world_size)]
-        dist.all_gather(out, t.to(dev))
-        return torch.stack([o.cpu() for o in out]).numpy()
-
 
 # ----------------------------------------------------------------------------- model, data, arguments
 
@@ -505,7 +351,7 @@ def default_attn_implementation() -> str:
     """FA2 on CUDA with flash_attn; on CPU the exact per-segment packed attention of ``longalign.attention``."""
     impl = models.attention_implementation()
     if impl == "sdpa":
-        try:
+        try:  # lazily: registering the attention needs a recent transformers, and only CPU/sdpa runs use it
             from longalign.attention import ATTN_IMPLEMENTATION
             return ATTN_IMPLEMENTATION
         except ImportError:
@@ -552,20 +398,17 @@ def load_train_dataset(cfg: TrainConfig, tokenizer):
     missing = [p for p in cfg.data if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"training data not found: {missing}")
-    from longalign import tokenize
     name = _tokenized_name(cfg, tokenizer)
-    if _is_main() and not tokenize.tokenized_dir(name).is_dir():  # tokenize once, shared by runs and ranks
+    if is_main() and not tokenize.tokenized_dir(name).is_dir():  # tokenize once, shared by runs and ranks
         dataset, stats = tokenize.tokenize_jsonl(cfg.data, tokenizer, cfg.max_len)  # refuses data with no targets
         tokenize.save_tokenized(dataset, name, stats)
-    _barrier()
+    barrier()
     return check_trainable(tokenize.load_tokenized(name), f"{', '.join(map(str, cfg.data))} "
                                                          f"(tokenized in {tokenize.tokenized_dir(name)})")
 
 
 def _load_from_disk(folder: str | Path):
     """``datasets.load_from_disk``, refusing a saved dataset with no rows (``datasets`` itself crashes on it)."""
-    import datasets
-
     state = Path(folder) / "state.json"
     if state.is_file() and not json.loads(state.read_text(encoding="utf-8")).get("_data_files"):
         raise ValueError(f"training data tokenized_dir {folder} has no rows (an empty saved dataset): nothing to train on")
@@ -588,16 +431,13 @@ def check_trainable(dataset, where: str):
 
 
 def _target_tokens(dataset) -> int:
-    """Labels other than -100 after each row's first position (never predicted), counted in Arrow."""
-    import pyarrow.compute as pc
-
+    """Labels other than IGNORE_INDEX after each row's first position (never predicted), counted in Arrow."""
     labels = dataset.with_format("arrow")[:]["labels"]
-    return int(pc.sum(pc.not_equal(pc.list_flatten(pc.list_slice(labels, 1)), -100)).as_py() or 0)
+    return int(pc.sum(pc.not_equal(pc.list_flatten(pc.list_slice(labels, 1)), collate.IGNORE_INDEX)).as_py() or 0)
 
 
 def _tokenized_name(cfg: TrainConfig, tokenizer) -> str:
     """Cache key of the tokenized data: files (path, size, mtime), tokenizer and max_len."""
-    import hashlib
     key = [(str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in cfg.data]
     key.append((getattr(tokenizer, "name_or_path", ""), len(tokenizer), cfg.max_len))
     digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]
@@ -627,12 +467,12 @@ def training_arguments(cfg: TrainConfig, out_dir: Path) -> TrainingArguments:
         activation_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed,
         save_strategy="steps" if cfg.save_steps > 0 else "no", save_steps=max(cfg.save_steps, 1),
         logging_steps=1, report_to="none", seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False,
-        dataloader_num_workers=0, use_cpu=cpu, ddp_backend="gloo" if cpu and _world() > 1 else None,
+        dataloader_num_workers=0, use_cpu=cpu, ddp_backend="gloo" if cpu and num_processes() > 1 else None,
         disable_tqdm=False, save_only_model=False,
     )
     if cfg.deepspeed and cpu and args.world_size > 1:
         # use_cpu makes accelerate start a plain gloo group; DeepSpeed's comm layer must wrap it too
-        import deepspeed
+        import deepspeed  # optional dependency: only DeepSpeed runs import it
         deepspeed.init_distributed(dist_backend="gloo")
     return args
 
@@ -655,10 +495,10 @@ def run_training(cfg: TrainConfig, dataset=None, overwrite: bool = False) -> dic
     check_packing_supported(cfg)  # before any tokenizing or loading
     out_dir, rec_path = run_dir(cfg), record_path(cfg)
     args = training_arguments(cfg, out_dir)  # first: it starts the process group under torchrun
-    if overwrite and _is_main():
+    if overwrite and is_main():
         shutil.rmtree(out_dir, ignore_errors=True)
         rec_path.unlink(missing_ok=True)
-    _barrier()
+    barrier()
     if rec_path.is_file():
         return _finished_record(cfg, rec_path)
     resume = _check_resume(cfg, out_dir)
@@ -674,11 +514,11 @@ def run_training(cfg: TrainConfig, dataset=None, overwrite: bool = False) -> dic
     trainer.train(resume_from_checkpoint=resume)
     train_s = time.perf_counter() - t0
     _final_checkpoint(trainer, out_dir)
-    rec = _make_record(cfg, trainer, out_dir, train_s, lengths) if _is_main() else {}
-    if _is_main():
+    rec = _make_record(cfg, trainer, out_dir, train_s, lengths) if is_main() else {}
+    if is_main():
         records.write_record(rec_path, rec)
-    _barrier()
-    return rec if _is_main() else records.read_record(rec_path)
+    barrier()
+    return rec if is_main() else records.read_record(rec_path)
 
 
 def _finished_record(cfg: TrainConfig, rec_path: Path) -> dict[str, Any]:
@@ -698,12 +538,12 @@ def _check_resume(cfg: TrainConfig, out_dir: Path) -> str | bool:
     stored = out_dir / "train_config.json"
     if stored.is_file() and json.loads(stored.read_text()) != _jsonable(cfg):
         raise ValueError(f"{stored}: an unfinished run with a different config; pick another output_name or overwrite=True")
-    if _is_main():
+    if is_main():
         _set_aside_broken_checkpoints(out_dir)
         if not _checkpoints(out_dir):
             (out_dir / "log.jsonl").unlink(missing_ok=True)
         records.atomic_write_text(stored, json.dumps(_jsonable(cfg), indent=1))
-    _barrier()
+    barrier()
     ckpts = _checkpoints(out_dir)  # after the barrier every rank sees the same, complete folders
     return str(ckpts[-1]) if ckpts else False
 
@@ -763,8 +603,6 @@ def _json_ok(path: Path) -> bool:
 
 def _file_ok(path: Path) -> bool:
     """Cheap completeness test: torch files are zip archives (end record present), safetensors sizes add up."""
-    import zipfile
-
     if path.suffix in (".pt", ".pth", ".bin"):
         return zipfile.is_zipfile(path)
     if path.suffix == ".safetensors":
@@ -799,7 +637,7 @@ def _make_record(cfg: TrainConfig, trainer: LongAlignTrainer, out_dir: Path, tra
     log = _read_log(out_dir / "log.jsonl")
     wall = float(sum(r["step_s"] for r in log))
     tokens, positions = sum(r["tokens"] for r in log), sum(r["positions"] for r in log)
-    ckpts = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    ckpts = _checkpoints(out_dir)
     return {
         "name": cfg.name(), "method": cfg.method, "seed": cfg.seed, "config": _jsonable(cfg),
         "world_size": trainer.args.world_size, "steps": len(log), "wall_s": wall, "process_train_s": train_s,
@@ -831,7 +669,6 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
 
 def machine_info() -> dict[str, Any]:
     """Host, CPU/GPU and library versions for the record."""
-    import transformers
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
             "torch": torch.__version__, "transformers": transformers.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -851,19 +688,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 # ----------------------------------------------------------------------------- notebook 03 / CLI runs
@@ -929,8 +753,6 @@ def derive_naive_grad_accum(params: dict[str, Any], outputs_root: Path) -> int:
     packing holds ``packs_per_device x packing_grad_accum`` packs, that of naive / sorted
     ``naive_batch x GA`` sequences.
     """
-    from longalign import packing
-
     p = params
     probe = TrainConfig(model=resolve_model(p.get("base_model", "tiny"), outputs_root), max_len=p["max_len"],
                         data=[str(suite_data(outputs_root, p["suite"]))])
@@ -943,9 +765,9 @@ def derive_naive_grad_accum(params: dict[str, Any], outputs_root: Path) -> int:
 def _suite_lengths(cfg: TrainConfig) -> list[int]:
     """Token lengths of ``cfg.data`` (tokenized and cached by one process, in memory on every rank of a launch)."""
     tokenizer = load_tokenizer(cfg)
-    if _world() == 1:
+    if num_processes() == 1:
         return row_lengths(load_train_dataset(cfg, tokenizer), cfg.max_len)
-    from longalign import tokenize  # before the process group exists ranks cannot share the cache safely
+    # before the process group exists ranks cannot share the tokenized cache safely: tokenize in memory
     dataset, _ = tokenize.tokenize_jsonl(cfg.data, tokenizer, cfg.max_len, progress=False)
     return row_lengths(dataset, cfg.max_len)
 
@@ -953,9 +775,6 @@ def _suite_lengths(cfg: TrainConfig) -> list[int]:
 @torch.no_grad()
 def evaluate_loss(model_path: str | Path, dataset, max_len: int, ce_chunk_size: int = CE_CHUNK_SIZE) -> dict[str, float]:
     """Token-mean and sequence-mean target loss of a checkpoint on tokenized rows (packed forwards)."""
-    from transformers import AutoModelForCausalLM
-    from longalign import packing
-
     model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation=default_attn_implementation())
     model.eval()
     totals = {"ce": 0.0, "seq": 0.0, "targets": 0, "sequences": 0}
@@ -976,8 +795,6 @@ def launch_runs(cfgs: list[TrainConfig], nproc: int = 1, tag: str = "runs", port
     if nproc <= 1:
         return [run_training(c) for c in tqdm(cfgs, desc=tag)]
     port = port or free_port()
-    import subprocess
-    import sys
     spec = paths.outputs() / "launch" / f"{tag}.json"
     records.atomic_write_text(spec, json.dumps([asdict(c) for c in cfgs]))
     env = {**os.environ, "LONGALIGN_OUTPUTS": str(paths.outputs()),
@@ -993,7 +810,6 @@ def launch_runs(cfgs: list[TrainConfig], nproc: int = 1, tag: str = "runs", port
 
 def free_port() -> int:
     """A TCP port nothing listens on now (two launches on one machine must not share a rendezvous port)."""
-    import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from longalign.collate import IGNORE_INDEX, PackingCollator, sequence_weights
-from longalign.loss import packed_loss, token_mean_loss
+from longalign.loss import loss_sums
 
 
 def sequence_table(packs: Sequence[Sequence[int]], num_targets: Sequence[int]) -> pd.DataFrame:
@@ -62,17 +62,17 @@ def tokens_frame(batch: dict[str, Any]) -> pd.DataFrame:
                          "weight": batch["loss_weights"][0].tolist()})
 
 
-def _sequence_mean_ce(model, ids: list[int], labels: list[int]) -> torch.Tensor:
-    """One sequence run alone: mean CE over its targets (the first token is never a target)."""
-    masked, _, n = sequence_weights(labels)
-    logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits
-    return token_mean_loss(logits, torch.tensor([masked])) if n else logits.sum() * 0
+def _sequence_mean_ce(model, feature: dict[str, list[int]]) -> torch.Tensor:
+    """One sequence run alone: mean CE over its targets, 0 without targets (the first token is never a target)."""
+    batch = PackingCollator()([feature])
+    logits = model(input_ids=batch["input_ids"], use_cache=False).logits
+    return loss_sums(logits, batch)["seq"]  # Σ CE/N_i over one sequence = its mean CE
 
 
 @torch.no_grad()
 def losses_three_ways(model, features: Sequence[dict[str, list[int]]], packs: Sequence[Sequence[int]]) -> dict[str, float]:
-    """Eq. 2 from separate runs, and Eq. 3 / Eq. 4 from packed forwards, on the same model."""
-    per_seq = [_sequence_mean_ce(model, f["input_ids"], f["labels"]) for f in features]
+    """Eq. 2 from separate runs, and Eq. 3 / Eq. 4 from packed forwards, on the same model (the trainer's loss sums)."""
+    per_seq = [_sequence_mean_ce(model, f) for f in features]
     eq2 = torch.stack(per_seq).sum() / sum(1 for f in features if sequence_weights(f["labels"])[2])
     collate = PackingCollator()
     batches = [collate([features[i] for i in pack]) for pack in packs]
@@ -80,8 +80,9 @@ def losses_three_ways(model, features: Sequence[dict[str, list[int]]], packs: Se
     eq3 = eq4 = 0.0
     for b in batches:
         logits = model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
-        eq3 = eq3 + token_mean_loss(logits, b["labels"]) / len(batches)  # each pack's token mean, averaged
-        eq4 = eq4 + packed_loss(logits, b["labels"], b["loss_weights"].to(logits.dtype), len(batches), m) / len(batches)
+        sums = loss_sums(logits, b)
+        eq3 = eq3 + sums["ce"] / max(b["num_target_tokens"], 1) / len(batches)  # each pack's token mean, averaged
+        eq4 = eq4 + sums["seq"] / m  # Eq. 4: K/M · Σ_i L_i/N_i per pack, averaged over the K packs
     return {"eq2_unpacked": float(eq2), "eq3_packed": float(eq3), "eq4_packed_weighted": float(eq4),
             "abs_diff_eq4_eq2": abs(float(eq4 - eq2)), "abs_diff_eq3_eq2": abs(float(eq3 - eq2))}
 

@@ -24,6 +24,8 @@ from typing import Any
 import pandas as pd
 
 from longalign import paths
+from longalign.eval import checkpoints
+from longalign.eval.checkpoints import list_runs, run_checkpoints  # noqa: F401  (notebooks 04 / 05 call curves.*)
 from longalign.eval.judge import Judge, JudgeRequest, judge_sweep, record_path
 from longalign.records import output_lock, read_record, record_exists, write_record
 
@@ -48,50 +50,9 @@ def relative_to_final(values: Sequence[float], lower_is_better: bool = False) ->
     return [final / float(v) if lower_is_better else float(v) / final for v in values]
 
 
-def run_record(run: str) -> dict[str, Any]:
-    """The run record ``outputs/runs/{run}.json``; a missing one names the notebook that writes it."""
-    path = paths.runs_dir() / f"{run}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run notebooks/03_training_methods.ipynb first "
-                                f"(it writes the runs and their checkpoints)")
-    return read_record(path)
-
-
-def run_checkpoints(run: str) -> list[dict[str, Any]]:
-    """``[{"step", "path"}]`` (absolute paths, by step) of a run's checkpoints that exist on disk."""
-    ckpts = []
-    for c in run_record(run).get("checkpoints", []):
-        path = paths.outputs() / c["path"]
-        if (path / "config.json").is_file():
-            ckpts.append({"step": int(c["step"]), "path": path})
-    if not ckpts:
-        raise FileNotFoundError(f"run {run!r} has no checkpoints on disk: rerun notebooks/03_training_methods.ipynb "
-                                f"with save_steps > 0 to get intermediate checkpoints")
-    return sorted(ckpts, key=lambda c: c["step"])
-
-
-def load_checkpoint(path: str | Path):
-    """(model, tokenizer) of a ``save_pretrained`` checkpoint folder, in eval mode."""
-    from longalign import models
-
-    return models.load_causal_lm(str(path)).eval(), models.load_tokenizer(str(path))
-
-
-def list_runs() -> list[str]:
-    """Names of the finished runs under ``outputs/runs`` (one ``{name}.json`` record each), sorted."""
-    return sorted(p.stem for p in paths.runs_dir().glob("*.json"))
-
-
 def load_for_eval(spec: str):
     """(model, tokenizer, tag) for ``smollm2``, ``run:NAME`` (its final checkpoint) or an HF path / hub id."""
-    from longalign import models
-
-    if spec.startswith("run:"):
-        run = spec[len("run:"):]
-        final = run_checkpoints(run)[-1]
-        return (*load_checkpoint(final["path"]), f"{run}-step{final['step']}")
-    tag = Path(spec).name.replace("/", "_")
-    return models.load_causal_lm(spec).eval(), models.load_tokenizer(spec), tag
+    return (*checkpoints.load_for_eval(spec), checkpoints.model_tag(spec))
 
 
 def long_items(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -241,7 +202,7 @@ def evaluate_run(run: str, tasks: dict[str, list[dict[str, Any]]], *, max_new_to
     with output_lock(paths.results_dir("curves") / run):  # a second evaluation of this run waits, then reads back
         for ckpt in tqdm(run_checkpoints(run), desc=f"curves {run}", disable=not progress):
             todo = [t for t in tasks if not record_exists(curve_path(run, ckpt["step"], t, scorer))]
-            model, tokenizer = load_checkpoint(ckpt["path"]) if todo else (None, None)
+            model, tokenizer = checkpoints.load_for_eval(ckpt["path"]) if todo else (None, None)
             for task in todo:
                 record = checkpoint_record(run, ckpt["step"], task, model, tokenizer, tasks[task], judge=judge,
                                            max_new_tokens=max_new_tokens[task], max_input_tokens=max_input_tokens,

@@ -23,6 +23,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from longalign import paths
+from longalign.eval.checkpoints import final_checkpoints, load_for_eval, model_tag  # noqa: F401 (notebook 07)
 from longalign.eval.judge import JUDGE_SYSTEM, JudgeRequest, item_scores
 from longalign.records import DataError, output_lock, read_jsonl, read_record, record_exists, record_name, write_record
 
@@ -307,42 +308,3 @@ def judge_human_agreement(records: pd.DataFrame, human: pd.DataFrame) -> pd.Data
     for key, grp in merged.groupby(["benchmark", "judge"] + (["prompt_kind"] if kinds is not None else [])):
         rows.append({**dict(zip(["benchmark", "judge", "prompt_kind"], key)), **agreement(grp["score"], grp["human"])})
     return pd.DataFrame(rows)
-
-
-# -- models under evaluation --------------------------------------------------------------------------
-
-
-def final_checkpoints(runs_dir: str | Path | None = None, pattern: str = "*") -> dict[str, Path]:
-    """Run name -> last checkpoint of every fine-tuning run in ``outputs/runs/*.json`` whose name matches ``pattern``.
-
-    Continual-pretraining runs (notebook 02, method ``pretrain``) are base models, not chat models,
-    so they are left out of the chat benchmarks. ``pattern`` is a glob on the run name (e.g.
-    ``"*-seed0"``: one seed of each of notebook 03's methods and data suites).
-    """
-    folder = Path(runs_dir) if runs_dir is not None else paths.runs_dir()
-    found = {}
-    for path in sorted(folder.glob(f"{pattern}.json")):
-        rec = read_record(path)
-        if rec.get("method") == "pretrain":
-            continue
-        ckpts = [c for c in rec.get("checkpoints", []) if (paths.outputs() / c["path"]).is_dir()]
-        if ckpts:
-            found[path.stem] = paths.outputs() / max(ckpts, key=lambda c: c["step"])["path"]
-    return found
-
-
-def model_tag(name: str) -> str:
-    """A folder-safe tag for a model name or path (its last path component)."""
-    tag = Path(str(name).rstrip("/")).name or str(name)
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in tag)
-
-
-def load_for_eval(name: str | Path):
-    """(model, tokenizer) in eval mode: bf16 on a GPU when there is one, fp32 on CPU."""
-    import torch
-
-    from longalign.models import load_causal_lm, load_tokenizer
-
-    cuda = torch.cuda.is_available()
-    model = load_causal_lm(str(name), dtype=torch.bfloat16 if cuda else torch.float32)
-    return (model.to("cuda") if cuda else model).eval(), load_tokenizer(str(name))

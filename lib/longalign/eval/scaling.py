@@ -55,14 +55,14 @@ def evaluate_variant(name: str, run: dict[str, Any], heldout, qa_items: list[dic
                      max_len: int, qa_max_new_tokens: int) -> dict[str, Any]:
     """One record: size, training loss/time, held-out loss (packed forwards) and overlap long-QA score."""
     from longalign import train
-    from longalign.eval import curves
+    from longalign.eval import checkpoints, curves
 
     if len(heldout) == 0:
         raise ValueError("the held-out set is empty: tokenize heldout-longqa.jsonl with a max_len that keeps the answers")
     start = time.time()
     ckpt = paths.outputs() / run["checkpoints"][-1]["path"]
     held = train.evaluate_loss(ckpt, heldout, max_len, run["config"].get("ce_chunk_size", train.CE_CHUNK_SIZE))
-    model, tokenizer = curves.load_checkpoint(ckpt)
+    model, tokenizer = checkpoints.load_for_eval(ckpt)
     qa, rows = curves.score_items(model, tokenizer, qa_items, max_new_tokens=qa_max_new_tokens) if qa_items else (None, [])
     return {"name": name, "run": run["name"], "method": run["method"], "max_len": run["config"]["max_len"],
             "eval_max_len": max_len,
