@@ -4,7 +4,7 @@ optimizer CPU offload, gradient checkpointing, bf16).
 
 Measured: each variant runs in a fresh subprocess (peak RSS is a per-process high-water mark):
 tiny Llama with the packed attention, one forward + backward of a pack of 2,048-token sequences
-through the trainer's loss path (``train.forward_loss_sums``); ``plain`` is ``ce_chunk_size`` 0
+through the trainer's loss path (``loss.forward_loss_sums``); ``plain`` is ``ce_chunk_size`` 0
 (fp32 logits [T, V]), ``chunked`` is ``ce_chunk_size`` 4096 (same value and gradients, no [T, V]
 tensor; the setting of the profiles).
 """

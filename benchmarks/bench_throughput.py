@@ -14,7 +14,7 @@ machine wall time mostly measures the other jobs (wall-clock tokens/s are report
   (the mask-free ceiling, not a correct method).
 - ours: ``longalign.packing.pack`` BFD to 2,048 + ``PackingCollator`` + per-segment attention
   (``longalign.attention``) + loss-weighted CE through the trainer's own loss path
-  (``train.forward_loss_sums`` + ``train.objective``), chunked (``ce_chunk_size`` 4096, the profiles'
+  (``loss.forward_loss_sums`` + ``loss.objective``), chunked (``ce_chunk_size`` 4096, the profiles'
   setting); ours_full_ce: the same with full [T, V] logits (``ce_chunk_size`` 0).
 """
 

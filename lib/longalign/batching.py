@@ -38,9 +38,8 @@ API
   through ``WithPackIds(dataset)`` so ``collate.PackingCollator`` can count ``num_packs``).
   ``packs`` (list of index lists) and ``schedule(epoch)`` (step → rank → list of packs, each a list
   of indices) expose the plan; ``step_totals(epoch)`` gives per step ``micro_batches`` (all ranks),
-  ``packs`` and ``sequences``: with one micro-batch loss per rank and GA step averaged by the
-  trainer, ``packed_loss(..., num_packs=micro_batches, num_sequences=sequences)`` is exactly Eq. 2
-  (tokenized records all have >= 1 target, so sequences = M). The micro-batches of a step are the
+  ``packs`` (K) and ``sequences`` (M): dividing each micro-batch's Σ CE/N_i by the step's M
+  (``loss.objective``) is exactly Eq. 2 (tokenized records all have >= 1 target, so sequences = M). The micro-batches of a step are the
   next ``micro_batches / world_size`` this rank yields; full steps have ``grad_accum`` of them, a
   shorter leftover step comes last.
 - Common: ``epoch_plan(epoch)`` — every rank's work of an epoch: step → micro-step → rank → units
@@ -263,7 +262,7 @@ class PackedBatchSampler(_EpochBatchSampler):
 
     def step_totals(self, epoch: int) -> list[dict[str, int]]:
         """Per optimizer step, over all ranks: ``micro_batches`` (GA steps × world_size), ``packs`` (K)
-        and ``sequences`` (M) — the numbers ``loss.packed_loss`` needs for the exact Eq. 2."""
+        and ``sequences`` (M) — the step totals ``loss.objective`` divides by for the exact Eq. 2."""
         out = []
         for step in self._steps(epoch):
             per_rank = -(-len(step[0]) // self.packs_per_device)

@@ -20,10 +20,9 @@ return a dict:
   what makes sdpa/eager attention block-diagonal (and FA2 uses the cu_seq_lens).
 - ``PaddingCollator(pad_token_id, pad_to_multiple_of=None, weights_dtype=torch.float32)(features)``
   — naive / sorted batching: right padding; ``input_ids``, ``attention_mask``, ``labels`` (-100 on
-  padding), ``loss_weights`` (1/N_i per target token, so the same ``loss.packed_loss`` gives the per-sequence mean), all
-  ``[B, T]`` (plus ``target_counts``, see below); ints ``num_sequences``, ``num_packs`` (= 1: a padded micro-batch is one averaging
-  unit, so ``packed_loss(..., batch["num_packs"], batch["num_sequences"])`` is its sequence mean)
-  and ``num_target_tokens``; ``padding_fraction`` (float, pad tokens / all tokens).
+  padding), ``loss_weights`` (1/N_i per target token: Σ weight × CE is the sum of the rows'
+  sequence means), all ``[B, T]`` (plus ``target_counts``, see below); ints ``num_sequences``,
+  ``num_packs`` (= 1: a padded micro-batch is one averaging unit) and ``num_target_tokens``; ``padding_fraction`` (float, pad tokens / all tokens).
 
 - ``sequence_weights(labels) -> (masked_labels, weights, N)`` — one sequence's labels with position 0
   masked, its per-token weights (1/N on targets, 0 elsewhere) and N (both collators use it).
@@ -33,7 +32,7 @@ positions of sequence i, 0 elsewhere. The trainer builds its weights from these 
 HF Trainer's ``_prepare_input`` casts every *floating* tensor to the DeepSpeed dtype under DeepSpeed:
 in bf16 ``loss_weights`` keeps 8 significant bits, so 1/N_i is off by up to 0.4 % and ``round(1/w)``
 no longer gives N_i for N_i >= 190. Integer tensors are moved, never cast. Float64 weights
-(``weights_dtype=torch.float64``) make float64 gradient checks of ``loss.packed_loss`` exact.
+(``weights_dtype=torch.float64``) keep notebook 00's float64 weight tables exact.
 
 Keys the model's forward must not see (``loss_weights``, ``target_counts``, ``num_*``,
 ``padding_fraction``) are listed in ``NON_MODEL_KEYS``; pop them (and ``labels``) before calling the model.
