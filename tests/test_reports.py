@@ -28,11 +28,12 @@ def test_rank_table_sums_each_rank_over_steps():
     assert table.to_dict("records") == [{"method": "naive", "rank": 0, "compute_s": 4.0, "wait_s": 0.25},
                                         {"method": "naive", "rank": 1, "compute_s": 2.5, "wait_s": 3.0}]
     assert list(reports.rank_table([]).columns) == reports.RANK_COLUMNS
+    assert list(reports.run_table([]).columns) == reports.RUN_COLUMNS
 
 
 def test_run_table_row_values():
     rec = _run("a", "packing", 1, compute=[[1.0, 2.0], [3.0, 2.0]], wait=[[0.0, 1.0], [1.0, 1.0]])
-    row = reports.run_table([rec], "2 processes").iloc[0]
+    row = reports.run_table([(rec, "2 processes")]).iloc[0]
     assert row["setting"] == "2 processes" and row["tokens_per_s"] == 50.0
     assert row["epoch_s"] == pytest.approx(1000 / 50)
     assert row["wait_fraction"] == pytest.approx(3 / (3 + 8))
@@ -83,6 +84,8 @@ def test_throughput_table_columns():
     assert table.loc["naive", "simulated_idle_fraction"] == 0.4
     single = reports.throughput_table(_runs_frame(), log, {}, setting="1 process", multi_setting="4 processes")
     assert single["multi_speedup"].isna().all()
+    none = reports.throughput_table(_runs_frame(), log, {}, setting="1 process", multi_setting=None)
+    assert none["multi_wait_fraction"].isna().all() and none.loc["packing", "speedup"] == pytest.approx(2.5)
 
 
 def test_fig5_speedup_table_inverts_relative_times():

@@ -51,9 +51,9 @@ def run_row(rec: dict, setting: str) -> dict:
             "final_loss_token": rec["final_loss_token"], "final_loss_sequence": rec["final_loss_sequence"]}
 
 
-def run_table(records: Iterable[dict], setting: str) -> pd.DataFrame:
-    """One row per run record (see ``run_row``), all labelled with the same launch ``setting``."""
-    return pd.DataFrame([run_row(rec, setting) for rec in records], columns=RUN_COLUMNS)
+def run_table(runs: Iterable[tuple[dict, str]]) -> pd.DataFrame:
+    """One row per (run record, launch setting) pair, see ``run_row``."""
+    return pd.DataFrame([run_row(rec, setting) for rec, setting in runs], columns=RUN_COLUMNS)
 
 
 def suite_of_runs(configs: Iterable) -> dict[str, str]:
@@ -69,11 +69,12 @@ def suite_table(evals: pd.DataFrame, suite_of: dict[str, str]) -> pd.DataFrame:
 
 
 def throughput_table(runs: pd.DataFrame, log: pd.DataFrame, simulated_idle: dict[str, float], *,
-                     setting: str, multi_setting: str) -> pd.DataFrame:
+                     setting: str, multi_setting: str | None) -> pd.DataFrame:
     """Per method: throughput in ``setting`` and its speed-up over naive, padding, per-step tokens,
-    and in ``multi_setting`` the epoch-time speed-up over naive, the measured and the simulated idle share."""
+    and in ``multi_setting`` (None: no multi-process runs) the epoch-time speed-up over naive and the
+    measured idle share, next to the simulated idle share."""
     one = runs[runs["setting"] == setting].groupby("method")
-    multi = runs[runs["setting"] == multi_setting].set_index("method")
+    multi = runs[runs["setting"] == multi_setting].set_index("method") if multi_setting else runs.iloc[:0]
     out = pd.DataFrame({"tokens_per_s": one["tokens_per_s"].mean(), "padding_fraction": one["padding_fraction"].mean()})
     out["speedup"] = out["tokens_per_s"] / out["tokens_per_s"].get("naive", np.nan)
     steps = log.groupby("method")["tokens"]
