@@ -16,6 +16,7 @@ import json
 import math
 import re
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,11 @@ JUDGE_RATING = 2  # inside every rubric's scale: LongBench QA 1-3, summaries 1-5
 # config, bf16, ce_chunk_size, prompt styles, learning rates, benchmark sources) comes from paper.yaml.
 SIZE_KEYS = {"num_records", "record_max_len", "max_len", "num_documents", "concurrency", "min_len", "reserve_tokens",
              "heldout_documents", "num_short", "max_tokens_questions", "max_tokens_answer", "short_len", "long_len",
-             "long_steps", "text_chars", "heldout_every", "eval_windows", "position_bins", "launch_nproc", "max_steps",
+             "long_steps", "text_chars", "eval_windows", "position_bins", "launch_nproc", "max_steps",
              "naive_grad_accum", "heldout_rows", "context_lengths", "n_depths", "max_new_tokens", "long_limit",
              "short_limit", "long_max_new_tokens", "short_max_new_tokens", "eval_max_len", "qa_items",
              "qa_max_new_tokens", "max_input_tokens", "mtbench_questions", "mtbench_max_new_tokens"}
-MODEL_KEYS = {"tokenizer_name", "base_model", "models", "checkpoint_runs", "variants"}
+MODEL_KEYS = {"model_name", "tokenizer_name", "base_model", "models", "checkpoint_runs", "variants"}
 LOCATION_KEYS = {"sources", "short_data_path", "test_cases_path", "few_shots_path", "longbench_root"}
 # a scaling variant may swap its model and its sizes, never its method
 VARIANT_SWAPPABLE = {"model", "max_len", "grad_accum"}
@@ -248,7 +249,7 @@ def check_harness_for_checkpoint(checkpoint: Path, tag: str) -> None:
 def save_tiny_base(dest: Path) -> Path:
     """A tiny Llama with the cpu tokenizer saved as an HF folder: the stand-in for the paper's base model."""
     tok = models.cpu_tokenizer()
-    model = models.tiny_llama(models.tiny_llama_config(len(tok), hidden=32, layers=1, heads=2, max_position=64))
+    model = models.tiny_llama(models.tiny_llama_config(len(tok), hidden=32, layers=1, heads=2, max_position=1024))
     model.save_pretrained(dest)
     tok.save_pretrained(dest)
     return dest
@@ -273,8 +274,10 @@ def run_notebooks(profile: dict[str, dict[str, Any]], out_dir: Path) -> None:
     import papermill as pm
 
     for nb in sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        start = time.perf_counter()
         pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=profile[nb.stem], cwd=str(paths.NOTEBOOKS),
                             kernel_name="python3", progress_bar=False, log_output=False)
+        print(f"{nb.name}: {time.perf_counter() - start:.0f} s")  # shown with -s or on failure
 
 
 def check_training_records(outputs: Path, names: list[str]) -> None:
