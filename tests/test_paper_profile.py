@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 import yaml
+from transformers import AutoConfig
 
 from fakeapi import fake_api  # noqa: F401 — pytest fixture
-from longalign import config, models, paths, records
+from longalign import config, context, models, paths, records
 from longalign.data import corpus, sharegpt
 from longalign.data.grounded import grounded_responder
 from longalign.eval import harness, judge as J, longbench as LB, longbench_chat as LBC, mtbench as MT
@@ -199,7 +200,7 @@ def test_judge_with_paper_model_names(paper_api, kind, model, tmp_path):
     assert len(sent) == 2 * len(items) and {r["model"] for r in sent} == {model}
     key = FAKE_KEYS[f"{kind.upper()}_API_KEY"]
     assert all(key in (r["headers"]["x-api-key"] or "") + (r["headers"]["authorization"] or "") for r in sent)
-    assert_no_key_in(paths.outputs())
+    assert_no_key_in(paths.outputs(), paths.cache())
 
 
 def assert_no_key_in(*folders: Path) -> None:
@@ -312,8 +313,8 @@ def test_paper_profile_end_to_end(tmp_path, paper_api, monkeypatch):
                                                            if s != paper03["suite"]]
     check_training_records(outputs, runs03)
     check_training_records(outputs, [f"scale-{v['name']}" for v in load_overrides()["06_scaling"]["variants"]])
-    rope = json.loads((outputs / "models" / "chatglm3-6b-64k" / "config.json").read_text())["rope_theta"]
-    assert rope == pytest.approx(10_000.0 * 200.0)  # Sec. 4.1: base x200
+    base, extended = (AutoConfig.from_pretrained(p) for p in (work / "tiny-base", outputs / "models" / "chatglm3-6b-64k"))
+    assert context.rope_base(extended) == pytest.approx(200.0 * context.rope_base(base))  # Sec. 4.1: base x200
     # 04 / 05 / 07: every judge call in the OpenAI wire format under the paper's judge name
     openai = [r for r in paper_api.requests if r["kind"] == "openai"]
     assert openai and {r["model"] for r in openai} == {"gpt-4-1106-preview"}
@@ -323,4 +324,4 @@ def test_paper_profile_end_to_end(tmp_path, paper_api, monkeypatch):
     # the lm-eval-harness command for our own final checkpoint of notebook 03
     rec = records.read_record(outputs / "runs" / "packing_weighted-seed0.json")
     check_harness_for_checkpoint(outputs / rec["checkpoints"][-1]["path"], "packing_weighted-seed0")
-    assert_no_key_in(outputs, executed)
+    assert_no_key_in(outputs, executed, tmp_path / "cache")
