@@ -1,18 +1,12 @@
 """Exact packed attention without the dense block mask: per-segment SDPA on CPU, FA2 varlen on CUDA.
 
 A pack ``[1, T]`` holds several sequences; each must attend causally to itself only. Stock sdpa
-isolates them with a dense ``T x T`` block mask (``create_causal_mask`` detects position_ids resets),
-computing every cross-sequence block only to throw it away. Here the attention function receives
-the segment boundaries (``cu_seq_lens_q`` from the collator, or position_ids restarting at 0) and runs
-causal SDPA on each segment, batching segments of equal length into one call. Results equal
-separate runs of each sequence (same kernel, same shapes), so logits and gradients match.
-
-Use: ``import longalign.attention`` registers ``ATTN_IMPLEMENTATION = "longalign_packed"`` with
-transformers' ``AttentionInterface``; build the model with ``attn_implementation=ATTN_IMPLEMENTATION``
-or call :func:`enable_packed_attention` on an existing model. On CUDA with ``flash_attn`` installed
-it delegates to ``flash_attention_2`` (``flash_attn_varlen_func`` with cu_seq_lens, as the paper).
-Padded batches with an ``attention_mask`` fall back to stock sdpa with its mask, so the same model
-serves padded and packed batches (and generation, where a cache is present).
+isolates them with a dense ``T x T`` block mask, computing every cross-sequence block only to throw
+it away. Here attention runs causal SDPA on each segment (bounds from ``cu_seq_lens_q`` or
+position_ids restarting at 0), batching segments of equal length, so results equal separate runs
+of each sequence. Importing the module registers ``ATTN_IMPLEMENTATION`` with transformers'
+``AttentionInterface``; padded batches and generation fall back to stock sdpa, so one model serves
+padded and packed batches.
 """
 
 from __future__ import annotations
@@ -70,7 +64,12 @@ def _segment_attention(query, key, value, bounds, scaling, dropout) -> torch.Ten
 def packed_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                              attention_mask: torch.Tensor | None, dropout: float = 0.0,
                              scaling: float | None = None, **kwargs) -> tuple[torch.Tensor, None]:
-    """AttentionInterface function: exact per-sequence causal attention for packed rows."""
+    """AttentionInterface function: exact per-sequence causal attention for packed rows.
+
+    On CUDA with ``flash_attn`` installed it delegates to FA2 (``flash_attn_varlen_func`` with the
+    pack's cu_seq_lens, as the paper). With an ``attention_mask`` (padded batches) or a cache (query
+    shorter than key) it runs stock sdpa, which is exact there.
+    """
     if query.is_cuda and _HAS_FLASH_ATTN and attention_mask is None:
         return _flash_varlen(query, key, value, dropout, scaling, kwargs), None
     # padded batches (4D mask), decoding with a cache (q shorter than k): stock sdpa is exact there
@@ -121,7 +120,10 @@ def _packed_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs):
 
 
 def enable_packed_attention(model: torch.nn.Module) -> torch.nn.Module:
-    """Switch an already built HF model to the packed attention path (in place); returns it."""
+    """Switch an already built HF model to the packed attention path (in place); returns it.
+
+    A new model can instead be built with ``attn_implementation=ATTN_IMPLEMENTATION``.
+    """
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     return model
 

@@ -1,69 +1,11 @@
 """Distributed batch samplers for the three training methods: naive, sorted and packed batching.
 
-All three are ``batch_sampler``s for a torch ``DataLoader``: each instance serves ONE rank and
-yields, per micro-step, the list of dataset indices of that rank's micro-batch. Every rank yields
-the same number of micro-batches per epoch (ranks stay in lock-step); over all ranks every index
-appears exactly once per epoch (nothing dropped). Order is a pure function of (seed, epoch).
-
-API
----
-- ``RandomBatchSampler(lengths, batch_size, world_size=1, rank=0, seed=0, grad_accum=1)`` — naive
-  batching: seeded permutation per epoch, cut into global batches of
-  ``batch_size * world_size * grad_accum``.
-- ``SortedBatchSampler(..., grouping="micro_step")`` (same arguments) — LongAlign's sorted
-  batching as the official code does it: sort by length, cut into consecutive groups of ONE
-  micro-step (``batch_size * world_size`` sequences; cut from the long end, so the one short
-  leftover group holds the shortest sequences — the official code drops it instead), shuffle the
-  groups per epoch (seeded), and let gradient accumulation put ``grad_accum`` consecutive groups
-  of that shuffled order in one optimizer step, so a step mixes lengths. The group count is a
-  multiple of ``grad_accum`` (the leftover shortest sequences join the shortest group), so every
-  step has ``grad_accum`` micro-steps. Group k's item j runs on rank j % world_size.
-  ``grouping="step"``: the earlier contract, whole optimizer steps of consecutive sorted sequences
-  (steps all long or all short).
-  Naive and ``grouping="step"``: a global batch is dealt round-robin over its
-  ``world_size * grad_accum`` micro-batch slots (slot k → micro-step k // world_size, rank
-  k % world_size), so ranks get similar lengths.
-  A leftover smaller than one item per slot is merged into the neighbouring (shortest) group.
-- ``PackedBatchSampler(lengths, max_len, world_size=1, rank=0, packs_per_device=1, grad_accum=1,
-  seed=0, strategy="equal_counts", a=1.0, b=1/4096, yield_pack_ids=False, order="cost")`` — packs
-  once with ``packing.pack`` (splitting a few packs so the count is a multiple of ``world_size``;
-  ``equal_counts`` packs hold about equally many sequences, so every step has about the same M and
-  Eq. 4's per-step 1/M keeps the data mixture over the epoch; ``strategy="bfd"`` is the earlier
-  default, whose cost-sorted steps put ~65 % of the epoch's weight on the 10 % long sequences of a
-  LongAlign-like mix), then per epoch ``packing.schedule_packs`` (``order="cost"``:
-  attention-cost-balanced ranks, seeded step order) with
-  ``packs_per_rank = packs_per_device * grad_accum``; each rank's packs of a step are cut into
-  micro-batches of ``packs_per_device`` packs (heaviest first). Yields the sequence indices of the
-  micro-batch's packs (or ``(index, pack_id)`` pairs with ``yield_pack_ids=True``, to be read
-  through ``WithPackIds(dataset)`` so ``collate.PackingCollator`` can count ``num_packs``).
-  ``packs`` (list of index lists) and ``schedule(epoch)`` (step → rank → list of packs, each a list
-  of indices) expose the plan; ``step_totals(epoch)`` gives per step ``micro_batches`` (all ranks),
-  ``packs`` (K) and ``sequences`` (M): dividing each micro-batch's Σ CE/N_i by the step's M
-  (``loss.objective``) is exactly Eq. 2 (tokenized records all have >= 1 target, so sequences = M). The micro-batches of a step are the
-  next ``micro_batches / world_size`` this rank yields; full steps have ``grad_accum`` of them, a
-  shorter leftover step comes last.
-- Common: ``epoch_plan(epoch)`` — every rank's work of an epoch: step → micro-step → rank → units
-  (a unit is a pack's sequence indices, or ``[i]`` for one padded row), what
-  ``longalign.weighting.epoch_weights`` and ``longalign.simulate`` read; ``set_epoch(epoch)``,
-  ``state_dict()`` / ``load_state_dict(state)`` (``epoch`` and
-  ``position`` = micro-batches already consumed in that epoch; iteration resumes after them),
-  ``__len__`` (micro-batches per rank per epoch), ``num_micro_batches_per_step``.
-- ``WithPackIds(dataset)`` — dataset wrapper: ``ds[(i, pack_id)]`` is ``ds[i]`` plus ``pack_id``.
-
-Use with HF Trainer (``longalign.train.LongAlignTrainer.get_train_dataloader`` does this)::
-
-    sampler = SortedBatchSampler(ds["length"], batch_size=args.per_device_train_batch_size,
-                                 world_size=args.world_size, rank=args.process_index, seed=args.seed)
-    return DataLoader(ds, batch_sampler=sampler, collate_fn=PaddingCollator(pad_id))
-
-Return it WITHOUT ``accelerator.prepare`` (the sampler already shards by rank; prepare would shard
-it a second time). Epochs: Trainer only calls ``set_epoch`` on prepared loaders, so a callback calls
-``sampler.set_epoch(epoch)`` at each epoch's start (on resume HF wraps the sampler in a
-``SkipBatchSampler`` that it positions itself, so leave ``position`` at 0 in that case); a sampler
-that finishes an epoch also rolls over to the next one by itself. Resume without HF's skipping: ``load_state_dict({"epoch": e, "position": k, ...})``
-with k = micro-batches the trainer consumed (``position`` counts batches handed out by
-``__iter__``, which runs ahead of training when DataLoader workers prefetch). Micro-batch counts
-per epoch are the same in every epoch and on every rank.
+Each is a torch ``DataLoader`` ``batch_sampler`` serving ONE rank: per micro-step it yields the
+dataset indices of that rank's micro-batch. Every rank yields the same number of micro-batches per
+epoch (ranks stay in lock-step), over all ranks every index appears exactly once per epoch, and the
+order is a pure function of (seed, epoch). ``epoch_plan(epoch)`` exposes every rank's work, which
+``weighting.epoch_weights`` and ``simulate`` read, so what is analysed is what is trained. The
+sampler already shards by rank: the trainer hands HF its loader without ``accelerator.prepare``.
 """
 
 from __future__ import annotations
@@ -77,7 +19,11 @@ from longalign.packing import pack, schedule_packs, split_packs_to_multiple
 
 
 class _EpochBatchSampler:
-    """Shared epoch/resume logic: subclasses build ``_plan(epoch)`` = this rank's micro-batches."""
+    """Shared epoch/resume logic: subclasses build ``_plan(epoch)`` = this rank's micro-batches.
+
+    ``len()`` is the micro-batches per rank per epoch, the same in every epoch and on every rank. A
+    sampler that finishes an epoch rolls over to the next one by itself.
+    """
 
     def __init__(self, world_size: int, rank: int, seed: int):
         if not 0 <= rank < world_size:
@@ -89,11 +35,19 @@ class _EpochBatchSampler:
         raise NotImplementedError
 
     def epoch_plan(self, epoch: int) -> list[list[list[list[list[int]]]]]:
-        """Step → micro-step → rank → units (lists of sequence indices) of an epoch, all ranks."""
+        """Step → micro-step → rank → units (lists of sequence indices) of an epoch, all ranks.
+
+        A unit is a pack's sequence indices, or ``[i]`` for one padded row.
+        """
         raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration yields (restarts at its beginning)."""
+        """Select the epoch whose order the next iteration yields (restarts at its beginning).
+
+        HF Trainer only calls ``set_epoch`` on prepared loaders, so a callback calls it at each
+        epoch's start. On resume HF wraps the sampler in a ``SkipBatchSampler`` that positions
+        itself: leave ``position`` at 0 then.
+        """
         if epoch != self.epoch:
             self.epoch, self.position = epoch, 0
 
@@ -102,7 +56,12 @@ class _EpochBatchSampler:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume: the next iteration continues epoch ``epoch`` after ``position`` micro-batches."""
+        """Resume: the next iteration continues epoch ``epoch`` after ``position`` micro-batches.
+
+        For resuming without HF's skipping, ``position`` = micro-batches the trainer consumed: the
+        saved ``position`` counts batches handed out by ``__iter__``, which runs ahead of training
+        when DataLoader workers prefetch.
+        """
         if state.get("seed", self.seed) != self.seed:
             raise ValueError(f"sampler state was saved with seed {state['seed']}, this sampler has {self.seed}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
@@ -178,7 +137,12 @@ class _GroupedBatchSampler(_EpochBatchSampler):
         return self._cache[1]
 
 class RandomBatchSampler(_GroupedBatchSampler):
-    """Naive batching: a seeded random permutation per epoch, cut into global batches."""
+    """Naive batching: a seeded random permutation per epoch, cut into global batches.
+
+    A global batch holds ``batch_size * world_size * grad_accum`` sequences, dealt round-robin over
+    its micro-batch slots (slot k → micro-step k // world_size, rank k % world_size). A leftover
+    smaller than one item per slot is merged into the neighbouring group.
+    """
 
     def _groups(self, epoch: int) -> list[np.ndarray]:
         order = np.random.default_rng([self.seed, epoch]).permutation(self.lengths.size)
@@ -188,7 +152,17 @@ class RandomBatchSampler(_GroupedBatchSampler):
 
 class SortedBatchSampler(_GroupedBatchSampler):
     """Sorted batching: length-sorted consecutive groups (one micro-step each, or one whole step)
-    in a seeded random order per epoch."""
+    in a seeded random order per epoch.
+
+    ``grouping="micro_step"`` (default) is LongAlign's sorted batching as the official code does
+    it: groups of ONE micro-step (``batch_size * world_size`` sequences) cut from the long end, so
+    the one short leftover group holds the shortest sequences (the official code drops it),
+    shuffled per epoch; gradient accumulation puts ``grad_accum`` consecutive groups of that order in
+    one optimizer step, so a step mixes lengths. When there are at least ``grad_accum`` groups their
+    count is made a multiple of ``grad_accum`` (the leftover joins the shortest group). Item j of a
+    group runs on rank j % world_size. ``grouping="step"``: whole optimizer steps of consecutive
+    sorted sequences (steps all long or all short), dealt like :class:`RandomBatchSampler`.
+    """
 
     GROUPINGS = ("micro_step", "step")
 
@@ -228,7 +202,15 @@ class SortedBatchSampler(_GroupedBatchSampler):
 
 
 class PackedBatchSampler(_EpochBatchSampler):
-    """Packing: fixed packs, attention-cost-balanced per-step rank schedule reshuffled per epoch."""
+    """Packing: fixed packs, attention-cost-balanced per-step rank schedule reshuffled per epoch.
+
+    Packs once with ``packing.pack(strategy)`` (then ``split_packs_to_multiple`` so the count is a
+    multiple of ``world_size``); per epoch ``packing.schedule_packs(order)`` gives each rank
+    ``packs_per_device * grad_accum`` packs per step, cut into micro-batches of ``packs_per_device``
+    packs (heaviest first); a shorter leftover step comes last. Yields the micro-batch's sequence
+    indices, or ``(index, pack_id)`` pairs with ``yield_pack_ids`` (read through
+    :class:`WithPackIds` so ``collate.PackingCollator`` can count ``num_packs``).
+    """
 
     def __init__(self, lengths: Sequence[int], max_len: int, world_size: int = 1, rank: int = 0,
                  packs_per_device: int = 1, grad_accum: int = 1, seed: int = 0, strategy: str = "equal_counts",
@@ -262,7 +244,11 @@ class PackedBatchSampler(_EpochBatchSampler):
 
     def step_totals(self, epoch: int) -> list[dict[str, int]]:
         """Per optimizer step, over all ranks: ``micro_batches`` (GA steps × world_size), ``packs`` (K)
-        and ``sequences`` (M) — the step totals ``loss.objective`` divides by for the exact Eq. 2."""
+        and ``sequences`` (M) — the step totals ``loss.objective`` divides by for the exact Eq. 2.
+
+        Tokenized records all have >= 1 target, so ``sequences`` = M. A step's micro-batches are the
+        next ``micro_batches / world_size`` this rank yields.
+        """
         out = []
         for step in self._steps(epoch):
             per_rank = -(-len(step[0]) // self.packs_per_device)

@@ -1,41 +1,12 @@
 """Collators: packed micro-batches (one [1, T] row, FA2 varlen kwargs) and right-padded batches.
 
-API
----
-Both take a list of features ``{"input_ids": list[int], "labels": list[int]}`` (labels HF-aligned:
-same positions as input_ids, -100 on non-targets; extra keys such as ``length`` are ignored) and
-return a dict:
-
-- ``PackingCollator(pad_to_multiple_of=None, pad_token_id=0, weights_dtype=torch.float32)(features)``
-  — sequences concatenated into one row: ``input_ids``, ``labels``, ``position_ids`` (restart at 0
-  per sequence), ``loss_weights`` (``weights_dtype``, 1/N_i on the target positions of sequence i,
-  N_i its number of target tokens, 0 elsewhere) and ``target_counts`` (N_i there), all ``[1, T]``
-  (LongTensor except ``loss_weights``); ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (int32 ``[n_seq + 1]``) and ``max_length_q`` / ``max_length_k`` (int) as
-  transformers' flash-attention-2 varlen path expects; ints ``num_sequences`` (sequences with >= 1
-  target), ``num_packs`` (distinct ``pack_id`` values among the features, 1 when absent) and
-  ``num_target_tokens``. The first label of every sequence is set to -100, so no token predicts
-  across a boundary (and N_i counts targets after that). With ``pad_to_multiple_of`` the row is
-  padded at the end by one extra segment (label -100, weight 0, its own cu_seq_lens entry).
-  Call the model with ``position_ids`` and NO ``attention_mask`` and ``use_cache=False``: that is
-  what makes sdpa/eager attention block-diagonal (and FA2 uses the cu_seq_lens).
-- ``PaddingCollator(pad_token_id, pad_to_multiple_of=None, weights_dtype=torch.float32)(features)``
-  — naive / sorted batching: right padding; ``input_ids``, ``attention_mask``, ``labels`` (-100 on
-  padding), ``loss_weights`` (1/N_i per target token: Σ weight × CE is the sum of the rows'
-  sequence means), all ``[B, T]`` (plus ``target_counts``, see below); ints ``num_sequences``,
-  ``num_packs`` (= 1: a padded micro-batch is one averaging unit) and ``num_target_tokens``; ``padding_fraction`` (float, pad tokens / all tokens).
-
-- ``sequence_weights(labels) -> (masked_labels, weights, N)`` — one sequence's labels with position 0
-  masked, its per-token weights (1/N on targets, 0 elsewhere) and N (both collators use it).
-
-Both collators also return ``target_counts`` (int64, same shape as ``labels``): N_i on the target
-positions of sequence i, 0 elsewhere. The trainer builds its weights from these integers, because
-HF Trainer's ``_prepare_input`` casts every *floating* tensor to the DeepSpeed dtype under DeepSpeed:
-in bf16 ``loss_weights`` keeps 8 significant bits, so 1/N_i is off by up to 0.4 % and ``round(1/w)``
-no longer gives N_i for N_i >= 190. Integer tensors are moved, never cast. Float64 weights
-(``weights_dtype=torch.float64``) keep notebook 00's float64 weight tables exact.
-
-Keys the model's forward must not see (``loss_weights``, ``target_counts``, ``num_*``,
-``padding_fraction``) are listed in ``NON_MODEL_KEYS``; pop them (and ``labels``) before calling the model.
+Both turn features ``{"input_ids", "labels"}`` (labels HF-aligned, -100 on non-targets; extra keys
+ignored) into model inputs plus what the loss needs: per-token weights 1/N_i, the integer
+``target_counts`` N_i, and the ints ``num_sequences`` / ``num_packs`` / ``num_target_tokens`` that
+the trainer sums over a step. The trainer builds its weights from the integer counts because HF
+Trainer casts every floating input to the DeepSpeed dtype: in bf16, 1/N_i is off by up to 0.4 % and
+``round(1/w)`` no longer gives N_i from N_i = 190, while integer tensors are only moved. Keys the
+model must not see are listed in ``NON_MODEL_KEYS``: pop them (and ``labels``) before the forward.
 """
 
 from __future__ import annotations
@@ -63,7 +34,11 @@ def _features(features: Sequence[dict[str, Any]]) -> list[tuple[list[int], list[
 
 
 def sequence_weights(labels: Sequence[int]) -> tuple[list[int], list[float], int]:
-    """Labels with the first position masked, per-token weights 1/N on targets, and N."""
+    """Labels with the first position masked, per-token weights 1/N on targets, and N.
+
+    Masking position 0 means no token predicts across a sequence boundary; N counts the targets
+    after that. Both collators use it.
+    """
     labels = [IGNORE_INDEX] + list(labels[1:])  # the first token is never predicted inside this sequence
     n = sum(1 for y in labels if y != IGNORE_INDEX)
     w = 1.0 / n if n else 0.0
@@ -71,7 +46,18 @@ def sequence_weights(labels: Sequence[int]) -> tuple[list[int], list[float], int
 
 
 class PackingCollator:
-    """Concatenate a micro-batch's sequences (one or more packs) into one [1, T] row."""
+    """Concatenate a micro-batch's sequences (one or more packs) into one [1, T] row.
+
+    Returns ``input_ids``, ``labels``, ``position_ids`` (restarting at 0 per sequence),
+    ``loss_weights`` (``weights_dtype``; 1/N_i on sequence i's targets, 0 elsewhere) and
+    ``target_counts`` (int64, N_i there), all ``[1, T]``; ``cu_seq_lens_q`` / ``cu_seq_lens_k``
+    (int32 ``[n_seq + 1]``) and ``max_length_q`` / ``max_length_k`` as transformers' FA2 varlen path
+    expects; ints ``num_sequences`` (sequences with >= 1 target), ``num_packs`` (distinct ``pack_id``
+    values, 1 when absent) and ``num_target_tokens``. ``pad_to_multiple_of`` pads the end with one
+    extra segment (label -100, weight 0, its own cu_seq_lens entry). Call the model with
+    ``position_ids``, no ``attention_mask`` and ``use_cache=False``. Float64 ``weights_dtype`` keeps
+    notebook 00's weight tables exact.
+    """
 
     def __init__(self, pad_to_multiple_of: int | None = None, pad_token_id: int = 0,
                  weights_dtype: torch.dtype = torch.float32):
@@ -135,7 +121,13 @@ def _packed_batch(ids, labels, weights, positions, seq_lens, num_sequences, num_
 
 
 class PaddingCollator:
-    """Right-pad a micro-batch of sequences into [B, T] with attention_mask and 1/N_i weights."""
+    """Right-pad a micro-batch of sequences into [B, T] with attention_mask and 1/N_i weights.
+
+    Returns ``input_ids``, ``attention_mask``, ``labels`` (-100 on padding), ``loss_weights``
+    (1/N_i per target: Σ weight × CE is the sum of the rows' sequence means) and ``target_counts``,
+    all ``[B, T]``; ints ``num_sequences``, ``num_packs`` (= 1: a padded micro-batch is one averaging
+    unit) and ``num_target_tokens``; ``padding_fraction`` (pad tokens / all tokens).
+    """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None,
                  weights_dtype: torch.dtype = torch.float32):

@@ -2,20 +2,10 @@
 
 The paper extends ChatGLM3-6B (8k) and Llama-2-7B/13B (4k) to 64k by multiplying the RoPE base by
 200 (10,000 -> 2,000,000) and continuing pretraining on documents under 64k tokens for 10B tokens,
-with a plain LM loss over packed long text (``longalign.train`` method ``pretrain``).
-
-- :func:`scale_rope_base` works on any config layout: transformers 5.x ``rope_parameters`` (flat or
-  per layer type), the older top-level ``rope_theta`` (+ ``rope_scaling``), and ChatGLM's
-  ``rope_ratio`` (base = 10,000 x rope_ratio); it raises ``max_position_embeddings`` (and ChatGLM's
-  ``seq_length``). :func:`extend_model` writes an HF folder with the scaled config; the rotary
-  frequencies are a non-persistent buffer, recomputed from the config on load.
-- :func:`corpus_texts` reads the user's own long documents with notebook 01's corpus reader (files or
-  folders of text, JSONL(.gz) with ``text``, JSON lists; duplicates and bad files counted);
-  :func:`pretrain_dataset` turns documents into LM rows (labels = input_ids) of at most ``max_len``;
-  :func:`steps_for_tokens` turns the paper's token budget into optimizer steps.
-- :func:`per_position_loss` measures mean CE at each position of fixed-length held-out windows.
-- :func:`link_released_base` hands a released context-extended base (e.g. THUDM's
-  ``LongAlign-7B-64k-base``) to notebook 03 under ``outputs/models/<name>`` without retraining it.
+with a plain LM loss over packed long text (``longalign.train`` method ``pretrain``). This module
+makes the extended model, its pretraining rows and token budget, and the per-position held-out
+loss that shows whether the long positions were learnt; a released extended base (e.g. THUDM's
+``LongAlign-7B-64k-base``) can be linked in instead of retraining it.
 """
 
 from __future__ import annotations
@@ -57,7 +47,12 @@ def rope_base(config: Any) -> float:
 
 
 def scale_rope_base(config: Any, factor: float, max_position: int | None = None) -> Any:
-    """A copy of ``config`` with the RoPE base multiplied by ``factor`` and the position limit raised."""
+    """A copy of ``config`` with the RoPE base multiplied by ``factor`` and the position limit raised.
+
+    Works on any layout: transformers 5.x ``rope_parameters`` (flat or per layer type), the older
+    top-level ``rope_theta`` (+ ``rope_scaling``), and ChatGLM's ``rope_ratio`` (base = 10,000 x
+    rope_ratio); raises ``max_position_embeddings`` (and ChatGLM's ``seq_length``).
+    """
     if factor <= 0:
         raise ValueError(f"factor must be > 0, got {factor}")
     config = copy.deepcopy(config)
@@ -95,7 +90,11 @@ def _raise_max_position(config: Any, max_position: int) -> None:
 
 def extend_model(source: str | Path, dest: str | Path, factor: float = PAPER_ROPE_FACTOR,
                  max_position: int = PAPER_MAX_LEN) -> Path:
-    """Save ``source`` (HF folder or hub id) with a scaled RoPE base at ``dest`` (model + tokenizer)."""
+    """Save ``source`` (HF folder or hub id) with a scaled RoPE base at ``dest`` (model + tokenizer).
+
+    Only the config changes: the rotary frequencies are a non-persistent buffer, recomputed from the
+    config on load.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = scale_rope_base(AutoConfig.from_pretrained(source, trust_remote_code=True), factor, max_position)
@@ -107,7 +106,11 @@ def extend_model(source: str | Path, dest: str | Path, factor: float = PAPER_ROP
 
 
 def corpus_texts(sources: list[str], max_chars: int, skips: Counter | None = None) -> list[str]:
-    """Deduplicated texts of ``sources`` (notebook 01's specs and reader), in order, until ``max_chars`` characters."""
+    """Deduplicated texts of ``sources`` (notebook 01's specs and reader), in order, until ``max_chars`` characters.
+
+    A user's own documents are files or folders of text, JSONL(.gz) with ``text``, or JSON lists;
+    duplicates and bad files are counted in ``skips``.
+    """
     skips = skips if skips is not None else corpus.Skips()
     counts = {spec: 0 for spec in sources}
     docs = (doc for spec in sources for doc in _counted(spec, counts, skips))

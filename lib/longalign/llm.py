@@ -1,31 +1,12 @@
 """One client layer for every LLM call (data generation and judges): Anthropic, OpenAI(-compatible), local, offline.
 
-``LLMClient.complete`` sends one chat request; ``complete_many`` runs many with bounded thread
-concurrency and a tqdm bar. Every backend shares the same machinery: retries with exponential
-backoff + jitter (429, 5xx, 529 overloaded, timeouts, malformed bodies, empty completions), an
-on-disk response cache keyed by (backend, base_url, model, messages, params) so reruns cost nothing,
-token/cost accounting from the provider's billed usage, and a hard ``max_cost_usd`` cap.
-
-The cap holds with any concurrency, and across clients that share a :class:`Budget`. Before an
-attempt is sent, its worst-case cost is reserved under a lock: every UTF-8 byte of the prompt
-counted as one input token (a byte-level BPE tokenizer never makes more tokens than bytes; plus a
-per-message allowance for the chat framing; for English text about 4x the expected count, the slack
-that absorbs a provider counting more tokens than expected) and ``max_tokens`` output tokens, at the
-model's price. An attempt whose reservation would take billed spend + unknown bills + reservations
-in flight past the cap is not sent: the job stops with ``BudgetExceeded``. When the answer arrives
-the reservation is replaced by what the provider billed (its ``usage``; empty answers included). A
-timeout or an unreadable body may still have been billed, so such an attempt keeps its whole
-reservation as spent. Billed spend therefore never exceeds the cap as long as each bill stays within
-its reservation; should a provider ever bill more, the overrun counts against the cap at once and
-later reservations are scaled up by 1.25x the observed ratio, so only the attempts already in flight
-can overshoot.
-
-Failures no retry can fix (401/403/404, a missing key, an invalid ``base_url``, nothing listening or
-an unknown host before any request has succeeded) stop the job at the first occurrence with a
-``FatalAPIError`` naming the provider, ``base_url`` and the key's environment variable (never its
-value) and what to do. At the end of a job the errors are printed by class with one example each.
-API keys come only from ``ANTHROPIC_API_KEY`` / ``OPENAI_API_KEY``; they are never accepted as
-parameters and are scrubbed from every error message this module raises.
+Paid generation and judging must be resumable, cheap to rerun and impossible to overspend, so every
+backend shares one machinery: retries with backoff for transient failures, an on-disk response
+cache keyed by (backend, base_url, model, messages, params), accounting from the provider's billed
+usage, and a hard ``max_cost_usd`` cap that holds with any concurrency and across clients sharing
+a :class:`Budget` (each attempt's worst-case cost is reserved before it is sent). Failures no retry
+can fix stop the job at once with a :class:`FatalAPIError` saying what to do. API keys come only
+from ``ANTHROPIC_API_KEY`` / ``OPENAI_API_KEY`` and are scrubbed from every error this module raises.
 """
 
 from __future__ import annotations
@@ -101,7 +82,12 @@ class BudgetExceeded(LLMError):
 
 
 class FatalAPIError(LLMError):
-    """A failure no retry can fix (bad key, no access, wrong ``base_url``, nothing listening): the job stops."""
+    """A failure no retry can fix (bad key, no access, wrong ``base_url``, nothing listening): the job stops.
+
+    Raised at the first 401/403/404, missing key, invalid ``base_url``, or refused connection /
+    unknown host before any request has succeeded; the message names the provider, ``base_url`` and
+    the key's environment variable (never its value) and what to do.
+    """
 
 
 class EmptyCompletion(LLMError):
@@ -197,6 +183,12 @@ class Budget:
     """A spending cap that clients share: billed + unknown bills + reservations never pass ``max_cost_usd``.
 
     One per job: a judge's per-run clients share one, so ``max_cost_usd`` caps the whole sweep.
+    Before an attempt is sent its worst case (:meth:`LLMClient.worst_case_cost`) is reserved under a
+    lock; one that would take the total past the cap is not sent (``BudgetExceeded``). When the
+    answer arrives the reservation is replaced by the provider's bill (``usage``; empty answers
+    included); a timeout or unreadable body may still have been billed, so it keeps its whole
+    reservation as spent. Billed spend therefore never exceeds the cap while each bill stays within
+    its reservation.
     """
 
     def __init__(self, max_cost_usd: float | None = None):
@@ -371,7 +363,13 @@ class LLMClient:
         return est
 
     def worst_case_cost(self, messages: list[dict[str, str]], max_tokens: int) -> float:
-        """USD reserved before sending: :func:`max_input_tokens` in, ``max_tokens`` out, times any observed overrun."""
+        """USD reserved before sending: :func:`max_input_tokens` in, ``max_tokens`` out, times any observed overrun.
+
+        One input token per UTF-8 byte (a byte-level BPE never makes more tokens than bytes; for
+        English about 4x the expected count, slack for a provider counting more). Should a provider
+        ever bill more than reserved, later reservations grow by 1.25x the observed ratio, so only
+        attempts already in flight can overshoot.
+        """
         return self._cost(max_input_tokens(messages), max_tokens) * self._overrun
 
     def cache_key(self, messages: list[dict[str, str]], params: dict[str, Any]) -> str:

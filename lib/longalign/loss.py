@@ -1,42 +1,13 @@
 """The training loss: LongAlign's loss weighting (paper Eq. 2/3/4) as the trainer computes it.
 
-Labels are HF-aligned (``logits[:, t]`` predicts ``labels[:, t + 1]``, ``IGNORE_INDEX`` = not a
-target); the collators of :mod:`longalign.collate` give each target its sequence's integer target
-count ``target_counts`` (N_i) and, for packed rows, :func:`longalign.train.collate_micro_batch` adds
-per-token ``pack_ids``.
-
-API
----
-- ``loss_sums(logits, batch) -> {"ce", "seq"[, "pack"]}`` -- Σ CE, Σ CE/N_i and (with ``pack_ids``)
-  Σ CE/N_pack over the micro-batch's targets, in at least float32, graph kept.
-- ``loss_sums_from_hidden(hidden, lm_head_weight, batch, method, chunk_size)`` -- the same sums from
-  final hidden states without materialising the ``[T, V]`` logits (only the objective's sum keeps a graph).
-- ``objective_term(method)`` / ``objective(method, sums, totals, world_size)`` -- which sum a method
-  optimises and its step total (N targets, K packs or M sequences), and this rank's share of it.
-- ``forward_loss_sums(model, batch, method, ce_chunk_size, varlen)`` -- one forward and its sums (the
-  trainer's loss path; ``ce_chunk_size`` > 0 hooks the output head, see below).
-- ``linear_cross_entropy(hidden, weight, targets, weights, chunk_size) -> (Σ w·CE, CE)`` -- the
-  chunked kernel on already-selected rows; also returns each row's CE (detached) for logging.
-- ``check_chunked_ce(model)`` / ``output_head(model)`` -- the head the chunked path projects with.
-
-How Eq. 4 maps onto micro-batches
----------------------------------
-Paper: M sequences in K packs; each pack's loss is ``K/M · Σ_{i∈pack} L_i/N_i`` and the batch loss
-is the MEAN of the K pack losses, which equals Eq. 2 (``1/M Σ_i L_i/N_i``). The trainer counts M
-(and K, N) over the whole optimizer step -- every micro-step on every rank -- and each micro-step
-contributes ``world_size · Σ_t CE_t/N_i / M`` (:func:`objective`), with no division by the number
-of micro-steps; ``world_size`` undoes the ranks' gradient mean. Summed over the step that is
-exactly Eq. 2 for any grouping of sequences into packs, rows, micro-steps and ranks
-(``batching.PackedBatchSampler.step_totals`` gives the step totals; tested in ``tests/test_loss.py``).
-Eq. 3 (plain packing) is each pack's token mean averaged over the K packs: ``Σ CE/N_pack / K``.
-
-Chunked cross-entropy
----------------------
-:func:`linear_cross_entropy` projects only target rows, chunk by chunk, and a custom autograd
-Function computes each chunk's gradients w.r.t. hidden and weight in the forward pass (so no
-chunk's logits are kept). Under DeepSpeed ZeRO-3 the head weight is partitioned outside the
-module's forward: :func:`forward_loss_sums` gathers it with
-``deepspeed.zero.GatheredParameters(..., modifier_rank=None)``.
+Eq. 2 averages each sequence's token-mean loss over the step's M sequences; Eq. 3 (plain packing)
+averages each pack's token mean over the K packs, which favours sequences with many target tokens;
+Eq. 4 weights packed tokens by K/(N_i M) so that packing gives Eq. 2 back. Each micro-batch here
+yields sums (Σ CE, Σ CE/N_i, Σ CE/N_pack) and :func:`objective` divides them by totals counted over
+the whole optimizer step, so the update is exact for any packing, accumulation and world size.
+N_i arrives as the collators' integer ``target_counts`` because HF Trainer casts float inputs to
+bf16 under DeepSpeed. :func:`linear_cross_entropy` takes the loss from hidden states chunk by chunk,
+never making the ``[T, vocab]`` logits.
 """
 
 from __future__ import annotations
@@ -56,8 +27,9 @@ VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 def target_weights(batch: dict[str, Any], valid: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Per-target weights of the three loss sums: ``ce`` 1, ``seq`` 1/N_i and (packed) ``pack`` 1/N_pack.
 
-    Label t+1 is predicted from position t; the collators already set the first label of every
-    sequence to -100, so nothing is predicted across a pack boundary.
+    Label t+1 is predicted from position t (``IGNORE_INDEX`` = not a target); the collators already
+    set the first label of every sequence to -100, so nothing is predicted across a pack boundary.
+    ``pack`` needs the per-token ``pack_ids`` that ``train.collate_micro_batch`` adds to packed rows.
     """
     # integer N_i, not the collator's float 1/N_i: under DeepSpeed, Trainer casts float inputs to bf16
     n_i = batch["target_counts"][:, 1:][valid].double()
@@ -69,7 +41,10 @@ def target_weights(batch: dict[str, Any], valid: torch.Tensor, dtype: torch.dtyp
 
 
 def loss_sums(logits: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Σ CE, Σ CE/N_i and Σ CE/N_pack over the micro-batch's targets, from full logits (graph kept)."""
+    """Σ CE, Σ CE/N_i and Σ CE/N_pack over the micro-batch's targets, from full logits (graph kept).
+
+    Keys ``ce``, ``seq`` and (with ``pack_ids``) ``pack``, in at least float32.
+    """
     labels = batch["labels"][:, 1:]
     valid = labels != IGNORE_INDEX
     logit = logits[:, :-1][valid]
@@ -96,7 +71,15 @@ def objective_term(method: str) -> tuple[str, str]:
 
 
 def objective(method: str, sums: dict[str, torch.Tensor], totals: dict[str, float], world_size: int) -> torch.Tensor:
-    """This rank's share of the step objective, scaled by ``world_size`` to undo the gradient mean."""
+    """This rank's share of the step objective, scaled by ``world_size`` to undo the gradient mean.
+
+    ``totals`` are counted over every micro-step on every rank (``targets`` N, ``packs`` K,
+    ``sequences`` M; ``batching.PackedBatchSampler.step_totals`` gives them). Each micro-step adds
+    ``world_size · sums[key] / total`` with no division by the number of micro-steps, so the step
+    sums to exactly Eq. 2 (``1/M Σ_i L_i/N_i``, = Eq. 4) for any grouping of sequences into packs,
+    rows, micro-steps and ranks; Eq. 3 for ``packing`` (``Σ CE/N_pack / K``); the token mean for
+    ``pretrain``.
+    """
     key, total = objective_term(method)
     return sums[key] * (world_size / max(totals[total], 1.0))
 

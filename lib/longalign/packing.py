@@ -1,35 +1,10 @@
 """Sequence packing (bin packing of token lengths) and attention-aware pack → rank scheduling.
 
-API
----
-- ``pack(lengths, max_len, strategy="bfd") -> list[list[int]]`` — dataset indices per pack.
-  ``"bfd"``: global best-fit-decreasing (default; exact BFD over integer capacities, vectorised per
-  run of equal lengths). ``"bfd_chunked"``: BFD inside consecutive 1,000-row chunks (TRL's default
-  ``pack_dataset`` behaviour), for comparison. ``"next_fit"``: the official LongAlign repo's
-  ``sort_and_group.py`` (next-fit in dataset order) — but it keeps the last pack (the official code
-  drops it), lets a pack reach exactly ``max_len`` (official: ``< max_len``) and raises on
-  over-length items (official: silently skips them). ``"equal_counts"``: as many packs as BFD
-  (+ a few when the fill needs them), with about equally many sequences in every pack (see
-  :func:`_equal_counts`); the default of the training samplers, because the per-step Eq. 4 divides
-  by the step's sequence count M, so packs of very different counts reweight the data mixture over
-  an epoch (``longalign.weighting.epoch_weights``). Every index appears exactly once, no pack
-  exceeds ``max_len``, the result is deterministic; a length > ``max_len`` (or < 1) raises
-  ``ValueError`` naming its index.
-- ``lower_bound(lengths, max_len) -> int`` — ``ceil(sum(L) / max_len)``, the fill reference.
-- ``pack_cost(lengths, a=1.0, b=1/4096) -> float`` — Σ a·L + b·L² (linear layers + attention).
-- ``assign_to_ranks(costs, world_size, equal_counts=True) -> list[list[int]]`` — LPT greedy plus
-  pairwise move/swap refinement minimising the most loaded rank; with ``equal_counts`` every rank
-  gets ``len(costs) // world_size`` packs (±1), so ranks run equally many micro-batches.
-- ``schedule_packs(packs, lengths, world_size, packs_per_rank, a=1.0, b=1/4096, seed=0,
-  order="cost") -> list[list[list[int]]]`` — step → rank → pack indices. ``order="cost"``: packs
-  ordered by cost, cut into consecutive steps of ``world_size * packs_per_rank`` (similar costs, so
-  ranks can be balanced), order of the full steps shuffled with ``seed``, and each step split with
-  ``assign_to_ranks``. ``"random"``: packs shuffled with ``seed`` into steps (then split the same
-  way). ``"in_order"``: packs in their given order, dealt round-robin (the official repo).
-  A smaller leftover step comes last; its ranks get equally many packs only if its pack count is
-  a multiple of ``world_size`` (``split_packs_to_multiple`` arranges that).
-- ``split_packs_to_multiple(packs, lengths, multiple) -> list[list[int]]`` — split the packs with
-  most sequences until the pack count is a multiple of ``multiple`` (no index lost or repeated).
+Packing puts several sequences into one ``max_len`` row so little compute goes to padding (paper
+§3.3). Which sequences share a pack matters beyond fill: Eq. 4 divides each step by its sequence
+count M, so the samplers' default ``equal_counts`` keeps about equally many sequences per pack, and
+:func:`schedule_packs` balances each step's attention cost (Σ a·L + b·L²) over the ranks, which
+wait for the slowest one. Every function is deterministic given its seed.
 """
 
 from __future__ import annotations
@@ -66,7 +41,19 @@ def lower_bound(lengths: Sequence[int], max_len: int) -> int:
 
 
 def pack(lengths: Sequence[int], max_len: int, strategy: str = "bfd") -> list[list[int]]:
-    """Indices per pack; every index exactly once, each pack's total length <= max_len."""
+    """Indices per pack; every index exactly once, each pack's total length <= max_len.
+
+    ``"bfd"``: global best-fit-decreasing (exact BFD over integer capacities, vectorised per run of
+    equal lengths). ``"bfd_chunked"``: BFD inside consecutive 1,000-row chunks (TRL's default
+    ``pack_dataset`` behaviour), for comparison. ``"next_fit"``: the official LongAlign repo's
+    ``sort_and_group.py`` (next-fit in dataset order), except that it keeps the last pack (the
+    official code drops it), lets a pack reach exactly ``max_len`` (official: ``< max_len``) and
+    raises on over-length items (official: silently skips them). ``"equal_counts"``: as many packs
+    as BFD (+ a few when the fill needs them), with about equally many sequences in every pack; the
+    training samplers' default, because the per-step Eq. 4 divides by the step's M, so packs of very
+    different counts reweight the data mixture over an epoch (``weighting.epoch_weights``).
+    Deterministic; a length > ``max_len`` (or < 1) raises ``ValueError`` naming its index.
+    """
     arr = _check_lengths(lengths, max_len)
     if strategy == "bfd":
         return _bfd(arr, max_len, np.arange(arr.size))
@@ -316,7 +303,11 @@ def pack_cost(lengths: Sequence[int], a: float = 1.0, b: float = 1 / 4096) -> fl
 
 
 def assign_to_ranks(costs: Sequence[float], world_size: int, equal_counts: bool = True) -> list[list[int]]:
-    """Split packs over ranks minimising the heaviest rank: LPT greedy, then move/swap refinement."""
+    """Split packs over ranks minimising the heaviest rank: LPT greedy, then move/swap refinement.
+
+    With ``equal_counts`` every rank gets ``len(costs) // world_size`` packs (±1), so ranks run
+    equally many micro-batches; returns each rank's indices into ``costs``.
+    """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     cost = np.asarray(costs, dtype=np.float64)
@@ -384,7 +375,16 @@ def _improve_once(ranks: list[list[int]], cost: np.ndarray, loads: list[float], 
 def schedule_packs(packs: Sequence[Sequence[int]], lengths: Sequence[int], world_size: int,
                    packs_per_rank: int = 1, a: float = 1.0, b: float = 1 / 4096,
                    seed: int = 0, order: str = "cost") -> list[list[list[int]]]:
-    """Step → rank → pack indices: cost-sorted consecutive steps, seeded step order, balanced ranks."""
+    """Step → rank → pack indices: cost-sorted consecutive steps, seeded step order, balanced ranks.
+
+    ``order="cost"``: packs ordered by cost, cut into consecutive steps of
+    ``world_size * packs_per_rank`` (similar costs, so ranks can be balanced), the full steps'
+    order shuffled with ``seed``, each step split with :func:`assign_to_ranks`. ``"random"``: packs
+    shuffled with ``seed`` into steps (then split the same way). ``"in_order"``: packs in their
+    given order, dealt round-robin (the official repo). A smaller leftover step comes last; its
+    ranks get equally many packs only if its pack count is a multiple of ``world_size``
+    (:func:`split_packs_to_multiple` arranges that).
+    """
     arr = np.asarray(lengths, dtype=np.int64)
     costs = np.array([pack_cost(arr[list(p)], a, b) for p in packs], dtype=np.float64)
     per_step = world_size * packs_per_rank
@@ -411,7 +411,10 @@ def schedule_packs(packs: Sequence[Sequence[int]], lengths: Sequence[int], world
 
 def split_packs_to_multiple(packs: Sequence[Sequence[int]], lengths: Sequence[int],
                             multiple: int) -> list[list[int]]:
-    """Split multi-sequence packs (most sequences first) until len(packs) % multiple == 0."""
+    """Split multi-sequence packs (most sequences first) until len(packs) % multiple == 0.
+
+    No index is lost or repeated; too few multi-sequence packs raises ``ValueError``.
+    """
     out = [list(p) for p in packs]
     need = (-len(out)) % multiple
     arr = np.asarray(lengths, dtype=np.int64)

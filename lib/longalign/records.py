@@ -1,18 +1,11 @@
 """Result records and JSONL I/O: atomic writes, one record per unit of work, errors that name file and line.
 
 Every long job (API generation, judging, sweeps, training) writes one JSON file per finished unit
-with :func:`write_record`; a rerun asks :func:`record_exists` and skips what is done. Plots read a
-folder of records back with :func:`load_records`.
-
-Two guarantees for shared outputs: :func:`record_name` turns any item id into a distinct, readable
-file name (ids ``a/b`` and ``a_b`` never share a file), and :func:`output_lock` lets only one
-process at a time write an output file or records folder (a second writer waits, saying so, and
-then resumes from what the first one finished).
-
-Files written here under ``outputs/data`` or the API response caches (``paths.cache()/llm`` and
-``/judge``) are owner-only (0600, whatever the umask): they hold a user's documents and prompts.
-Other outputs are readable by collaborators: 0644 from the atomic writes, the umask's mode from
-:func:`append_jsonl`.
+with :func:`write_record`; a rerun asks :func:`record_exists` and skips what is done, and plots read
+a folder back with :func:`load_records`. Item ids map to distinct file names (:func:`record_name`),
+and :func:`output_lock` lets only one process at a time write an output, so shared outputs stay
+consistent. Files under ``outputs/data`` or the API response caches hold a user's documents and
+prompts and are owner-only (0600, :func:`owner_only`); other outputs are readable by collaborators.
 """
 
 from __future__ import annotations
@@ -194,7 +187,11 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
 
 
 def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
-    """Append one row as a single write + fsync (append-only logs; a crash loses at most a partial last line)."""
+    """Append one row as a single write + fsync (append-only logs; a crash loses at most a partial last line).
+
+    :func:`owner_only` paths get 0600 whatever the umask; other new files get the umask's mode,
+    not the 0644 of the atomic writes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(row, ensure_ascii=False, default=_json_default) + "\n"

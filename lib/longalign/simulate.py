@@ -1,32 +1,12 @@
 """Multi-rank idle-time simulator over the real samplers' schedules, epoch weight shares, Fig. 5 calibration.
 
-Each sequence of length L costs ``a*L + b*L**2`` (linear layers + attention). A pack costs the sum
-over its sequences, because attention is computed per segment (FlashAttention varlen, or
-``longalign.attention`` on CPU); a padded micro-batch costs ``rows * (a*Lmax + b*Lmax**2)``. Ranks
-are synchronised every micro-step (ZeRO-3 gathers parameters layer by layer, so no rank runs
-ahead): a micro-step lasts as long as its slowest rank and every other rank idles for the
-difference. Fixed costs: ``micro_overhead`` per micro-step (ZeRO-3 parameter gathers, gradient
-reduce-scatter and offload traffic not hidden behind compute) and ``step_overhead`` per optimizer
-step (the CPU-offloaded Adam update); both add busy time on every rank, never idle time.
-
-The schedules are the ones training uses: :func:`method_sampler` builds the method's sampler from
-``longalign.batching`` (``RandomBatchSampler``, ``SortedBatchSampler``, ``PackedBatchSampler``) and
-the simulator costs its ``epoch_plan`` (step → micro-step → rank → units), so what is simulated is
-what is trained.
-
-Methods: ``naive`` (shuffled, padded), ``sorted`` (sorted batching, official micro-step groups by
-default), ``packing`` (packs of ``pack_strategy``, attention-cost-balanced steps), and
-``packing_next_fit_in_order`` (the official repo: next-fit packs in data order, dealt in order).
-
-API: ``simulate_method(lengths, method, world_size=8, *, per_device_batch, grad_accum, max_len, a, b,
-seed, pack_strategy, balance, sorted_grouping, step_overhead, micro_overhead) -> SimResult``;
-``method_sampler``; ``plan_costs``; ``longalign_length_mix``;
-``schedule_report`` / ``weight_share_table`` (each schedule's long-sequence weight share, fill and
-idle, via ``longalign.weighting.epoch_weights``); ``paper_fig5_prediction`` beside
-``paper_fig5_relative()`` (the paper's measured Fig. 5); ``paper_overheads`` (per-step and
-per-micro-step seconds from documented hardware figures) and ``fig5_calibration`` (simulator vs
-paper with and without them, and the per-step overhead that would close the gap);
-``attention_cost_ratio(n_layers, hidden, n_params)`` gives a model's own ``b/a``.
+Each sequence of length L costs ``a*L + b*L**2`` (linear layers + attention); a pack costs the sum
+over its sequences, because attention is computed per segment, and a padded micro-batch costs
+``rows * (a*Lmax + b*Lmax**2)``. Ranks are synchronised every micro-step (ZeRO-3 gathers parameters
+layer by layer), so a micro-step lasts as long as its slowest rank and the others idle. The
+schedules costed are the ``epoch_plan`` of the samplers in ``longalign.batching``, so what is
+simulated is what is trained; the paper's measured Fig. 5 and documented hardware overheads sit
+beside the predictions for calibration.
 """
 
 from __future__ import annotations
@@ -116,7 +96,13 @@ def method_sampler(lengths, method: str, world_size: int = 8, *, per_device_batc
                    grad_accum: int = 1, max_len: int = 65_536, a: float = 1.0, b: float = 1 / 4096,
                    seed: int = 0, pack_strategy: str = "equal_counts", balance: bool = True,
                    sorted_grouping: str = "micro_step"):
-    """The sampler ``method`` trains with (rank 0's instance; its ``epoch_plan`` covers every rank)."""
+    """The sampler ``method`` trains with (rank 0's instance; its ``epoch_plan`` covers every rank).
+
+    ``naive``: shuffled, padded. ``sorted``: sorted batching (``sorted_grouping``, official
+    micro-step groups by default). ``packing``: packs of ``pack_strategy``, attention-cost-balanced
+    steps (``balance``; else random steps). ``packing_next_fit_in_order``: the official repo,
+    next-fit packs in data order, dealt in order.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     common = dict(world_size=world_size, rank=0, seed=seed, grad_accum=grad_accum)
@@ -157,8 +143,10 @@ def simulate_method(lengths, method: str, world_size: int = 8, *, per_device_bat
                     micro_overhead: float = 0.0) -> SimResult:
     """Simulate one epoch of ``method``'s real sampler on ``world_size`` synchronised ranks.
 
-    ``step_overhead`` / ``micro_overhead``: fixed cost per optimizer step / per micro-step on every
-    rank, in the same units as ``a*L``; they add busy time, never idle time.
+    ``step_overhead`` / ``micro_overhead``: fixed cost per optimizer step (the CPU-offloaded Adam
+    update) / per micro-step (ZeRO-3 parameter gathers, gradient reduce-scatter and offload traffic
+    not hidden behind compute) on every rank, in the same units as ``a*L``; they add busy time,
+    never idle time.
     """
     lengths = _check(lengths, max_len)
     sampler = method_sampler(lengths, method, world_size, per_device_batch=per_device_batch, grad_accum=grad_accum,

@@ -1,28 +1,10 @@
 """Chat data → token ids with assistant-only labels, stored variable-length as a ``datasets`` Arrow table.
 
-API
----
-- ``tokenize_conversation(messages, tokenizer, method="auto") -> (input_ids, labels)`` — one
-  conversation through the tokenizer's chat template; labels are HF-aligned (same positions as
-  input_ids) with every non-assistant token -100. ``method``: ``"generation"`` uses the template's
-  ``{% generation %}`` markers (HF's assistant mask), ``"prefix"`` derives assistant spans by
-  rendering conversation prefixes (``messages[:k]`` + generation prompt vs ``messages[:k+1]``), for
-  templates without markers (SmolLM2, ChatGLM); ``"auto"`` picks by the template (a tokenizer without
-  any chat template is an error that says how to give one). Both
-  mark the tokens overlapping each assistant span (its content and end-of-turn token; trailing
-  whitespace the template adds after the turn is not a target).
-- ``check_messages(messages) -> str | None`` — the skip reason of a malformed conversation, or None.
-- ``tokenize_jsonl(paths, tokenizer, max_len, method="auto", progress=True)
-  -> (datasets.Dataset, TokenizeStats)`` — reads JSONL rows ``{"messages": [...], "meta": {...}}``
-  with ``records.read_jsonl`` (a malformed line raises ``DataError`` naming file and line),
-  truncates from the right to ``max_len``, drops and counts bad records. Columns: ``input_ids``,
-  ``labels``, ``length``, ``num_target_tokens``, ``truncated``, ``source`` (``file#record``), ``meta``
-  (JSON string). Prints a one-line summary. Files that yield no trainable record at all (empty, or
-  every record skipped) raise ``DataError`` naming the files and the skip reasons.
-- ``TokenizeStats`` — ``read``, ``kept``, ``truncated``, ``skipped`` (reason → count; reasons in
-  ``SKIP_REASONS``), ``examples`` (reason → first few ``file#record``), ``summary()``, ``to_dict()``.
-- ``save_tokenized(dataset, name, stats=None) -> Path`` / ``load_tokenized(name) -> Dataset`` —
-  ``outputs/data/tokenized/<name>`` (atomic folder replace; ``stats.json`` beside the Arrow files).
+Only assistant tokens are trained on, so labels carry the token id on assistant turns and -100
+everywhere else (HF-aligned: same positions as ``input_ids``). Sequences are stored unpadded,
+because packing and the batching methods need the true lengths; over-long ones are truncated from
+the right as in the paper. Malformed records are counted skips with their ``file#record``, and
+data that yields nothing trainable is refused naming the files.
 """
 
 from __future__ import annotations
@@ -125,7 +107,15 @@ def _mask_from_spans(offsets: Sequence[tuple[int, int]], spans: list[tuple[int, 
 
 
 def tokenize_conversation(messages: list[dict], tokenizer, method: str = "auto") -> tuple[list[int], list[int]]:
-    """Token ids and assistant-only labels (HF-aligned, -100 elsewhere) of one conversation."""
+    """Token ids and assistant-only labels (HF-aligned, -100 elsewhere) of one conversation.
+
+    ``method="generation"`` uses the template's ``{% generation %}`` markers (HF's assistant mask);
+    ``"prefix"`` derives assistant spans by rendering conversation prefixes (``messages[:k]`` +
+    generation prompt vs ``messages[:k+1]``), for templates without markers (SmolLM2, ChatGLM);
+    ``"auto"`` picks by the template. Both mark the tokens overlapping each assistant span (its
+    content and end-of-turn token; whitespace the template adds after the turn is not a target).
+    A tokenizer without any chat template raises ``ValueError`` saying how to give one.
+    """
     if not getattr(tokenizer, "chat_template", None):
         from longalign.models import CHAT_TEMPLATES
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template, so chat data "
@@ -163,7 +153,14 @@ def _row(messages: list[dict], tokenizer, max_len: int, method: str) -> tuple[di
 
 def tokenize_jsonl(paths: str | Path | Iterable[str | Path], tokenizer, max_len: int,
                    method: str = "auto", progress: bool = True) -> tuple[datasets.Dataset, TokenizeStats]:
-    """Tokenize JSONL chat files into a variable-length Dataset; bad records are counted skips."""
+    """Tokenize JSONL chat files into a variable-length Dataset; bad records are counted skips.
+
+    Rows are ``{"messages": [...], "meta": {...}}`` read with ``records.read_jsonl`` (a malformed
+    line raises ``DataError`` naming file and line), truncated from the right to ``max_len``.
+    Columns: ``input_ids``, ``labels``, ``length``, ``num_target_tokens``, ``truncated``, ``source``
+    (``file#record``), ``meta`` (JSON string). Prints a one-line summary; files that yield no
+    trainable record raise ``DataError`` naming the files and the skip reasons.
+    """
     files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     stats, rows, shards = TokenizeStats(), [], []
     for path in files:
@@ -219,7 +216,10 @@ def tokenized_dir(name: str) -> Path:
 
 
 def save_tokenized(dataset: datasets.Dataset, name: str, stats: TokenizeStats | None = None) -> Path:
-    """Save a tokenized dataset (and its stats) atomically to ``outputs/data/tokenized/<name>``."""
+    """Save a tokenized dataset (and its stats) atomically to ``outputs/data/tokenized/<name>``.
+
+    The folder is replaced whole; ``stats.json`` lies beside the Arrow files.
+    """
     folder = tokenized_dir(name)
     tmp = folder.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

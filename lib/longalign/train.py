@@ -1,50 +1,13 @@
-"""The training entry point: HF ``Trainer`` with LongAlign's four batching methods and exact loss weighting.
+"""The training entry point: HF ``Trainer`` with LongAlign's batching methods and exact loss weighting.
 
-Methods (``TrainConfig.method``):
-
-- ``naive``: shuffled padded batches of ``per_device_batch`` sequences, per-sequence mean loss.
-- ``sorted``: sorted batching (neighbours in length order share a micro-step across all ranks,
-  micro-steps shuffled), per-sequence mean loss.
-- ``packing``: best-fit packs flattened to ``[1, T]`` with restarting ``position_ids``; the paper's
-  biased Eq. 3 (each pack's token mean, averaged over the packs of the optimizer step).
-- ``packing_weighted``: the same packs with loss weighting, Eq. 4 = Eq. 2 (per-sequence mean).
-- ``pretrain``: packed plain text, plain token-mean LM loss (continual pretraining, notebook 02).
-
-Counting: K (packs), M (sequences with targets) and N (target tokens) are counted over the whole
-optimizer step -- every gradient-accumulation micro-step on every rank, all-reduced -- before the
-first forward of the step (:meth:`LongAlignTrainer.get_batch_samples`). Each micro-step's loss is
-``world_size * sum_t w_t CE_t / D`` (w = 1/N_i, D = M for per-sequence means; w = 1/N_pack, D = K for
-Eq. 3; w = 1, D = N for pretraining): Trainer's division by GA is switched off
-(``loss_is_scaled_for_ga``) and the factor ``world_size`` undoes DDP's / DeepSpeed's gradient mean,
-so the accumulated gradient equals that of Eq. 2 for any GA, world size and packs per device
-(tested against an unpacked reference in ``tests/test_train_equivalence.py``, and under two-process
-ZeRO-3 + CPU offload in ``tests/test_deepspeed.py``). The official code is exact only for GA 1 on one
-node (K = local GPU count, M fixed per group of packs). The weights 1/N_i are built from the
-collators' integer ``target_counts``: Trainer casts every floating input to bf16 under DeepSpeed,
-which would move 1/N_i by up to 0.4 %, so no float tensor is handed to it.
-
-Models: packed methods need attention that stays inside each packed sequence; transformers' native
-architectures derive it from the restarting ``position_ids``, ChatGLM's remote code does not, so
-packing is refused for it (:func:`check_packing_supported`) and naive / sorted remain.
-
-Loss computation (:func:`longalign.loss.forward_loss_sums`, the one loss API): by default
-(``ce_chunk_size`` 4096) no ``[T, vocab]`` logits are made. A pre-hook on the output head keeps the
-final hidden states and hands the head one position; :func:`longalign.loss.linear_cross_entropy`
-then projects only the target rows, 4,096 at a time, computing their gradients in the same pass
-(under ZeRO-3 the head weight is gathered for it). ``ce_chunk_size: 0`` takes the loss from full
-logits; both paths give the same update (tested).
-
-Every step logs the token-mean and the sequence-mean loss (whatever the objective), the learning
-rate, and per-rank compute / wait / communication seconds. Under plain DDP with
-``explicit_sync`` (default) gradients are reduced by one explicit all-reduce after a timed barrier,
-and with ``sync_micro_steps`` ranks also meet after every micro-step (as ZeRO-3's per-layer gathers
-force), so wait time is measured, not inferred. Each run writes ``outputs/runs/{name}.json``
-(atomic) and HF checkpoints at ``outputs/runs/{name}/checkpoint-{step}``; reruns resume.
-
-API: :class:`TrainConfig`, :func:`run_training` (cfg, dataset=None, overwrite=False) -> run record,
-:func:`launch_runs` (several configs in-process or in one torchrun launch), :func:`training_run_configs`
-(notebook 03's runs from its parameters), :func:`evaluate_loss` (held-out token / sequence mean of a
-checkpoint). The loss itself lives in :mod:`longalign.loss`.
+Methods (``TrainConfig.method``): ``naive`` and ``sorted`` batching with a per-sequence mean loss;
+``packing``, packs flattened to ``[1, T]`` with restarting ``position_ids`` and the paper's biased
+Eq. 3; ``packing_weighted``, the same packs with loss weighting (Eq. 4 = Eq. 2); ``pretrain``,
+packed plain text with a token-mean LM loss (continual pretraining, notebook 02). The counts a loss
+divides by are taken over the whole optimizer step, every micro-step on every rank, so the update
+equals Eq. 2's for any gradient accumulation and world size; the official code is exact only for
+GA 1 on one node. The loss itself lives in :mod:`longalign.loss`. Each run writes
+``outputs/runs/{name}.json`` and HF checkpoints under ``outputs/runs/{name}/``; reruns resume.
 
 Paper command (8xA800, ZeRO-3 + CPU offload; one run)::
 
@@ -212,7 +175,18 @@ class _SamplerEpochCallback(TrainerCallback):
 # ----------------------------------------------------------------------------- the Trainer
 
 class LongAlignTrainer(Trainer):
-    """Trainer whose loss is counted over the whole optimizer step (all ranks x all micro-steps)."""
+    """Trainer whose loss is counted over the whole optimizer step (all ranks x all micro-steps).
+
+    K (packs), M (sequences with targets) and N (target tokens) are all-reduced over the step before
+    its first forward (:meth:`get_batch_samples`). Trainer's division by GA is switched off
+    (``loss_is_scaled_for_ga``) and :func:`longalign.loss.objective` multiplies by ``world_size`` to
+    undo DDP's / DeepSpeed's gradient mean, so the accumulated gradient equals Eq. 2's for any GA,
+    world size and packs per device (tested against an unpacked reference in
+    ``tests/test_train_equivalence.py`` and under two-process ZeRO-3 + CPU offload in
+    ``tests/test_deepspeed.py``). The weights 1/N_i come from the collators' integer
+    ``target_counts``: Trainer casts float inputs to bf16 under DeepSpeed, which would move 1/N_i by
+    up to 0.4 %, so no float tensor is handed to it.
+    """
 
     def __init__(self, *args, cfg: TrainConfig, lengths: list[int], pad_id: int, **kwargs):
         super().__init__(*args, **kwargs)
@@ -254,7 +228,11 @@ class LongAlignTrainer(Trainer):
 
     # -- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """This rank's weighted share of the step objective (see module docstring)."""
+        """This rank's weighted share of the step objective (see the class docstring).
+
+        ``world_size * Σ_t w_t CE_t / D`` with w = 1/N_i, D = M for per-sequence means; w = 1/N_pack,
+        D = K for Eq. 3; w = 1, D = N for pretraining.
+        """
         sums, out = forward_loss_sums(model, inputs, self.cfg.method, self.cfg.ce_chunk_size,
                                       self.packed and self._varlen())
         totals = self._totals or {"targets": inputs["num_target_tokens"], "sequences": inputs["num_sequences"],
@@ -270,7 +248,14 @@ class LongAlignTrainer(Trainer):
 
     # -- step
     def training_step(self, model, inputs, num_items_in_batch=None):
-        """Forward + backward of one micro-step, timed; the last one reduces gradients and logs the step."""
+        """Forward + backward of one micro-step, timed; the last one reduces gradients and logs the step.
+
+        Under plain DDP with ``explicit_sync`` gradients are reduced by one explicit all-reduce after
+        a timed barrier, and with ``sync_micro_steps`` ranks also meet after every micro-step (as
+        ZeRO-3's per-layer gathers force), so wait time is measured, not inferred. The step's row logs
+        the token-mean and sequence-mean loss (whatever the objective), the learning rate and
+        per-rank compute / wait / communication seconds.
+        """
         model.train()
         inputs = self._prepare_inputs(inputs)
         explicit = self._explicit(model)
@@ -377,7 +362,11 @@ def build_model(cfg: TrainConfig, tokenizer) -> torch.nn.Module:
 
 
 def check_packing_supported(cfg: TrainConfig, config: dict | None = None) -> None:
-    """ValueError naming the model when a packed method would let its packed sequences attend to each other."""
+    """ValueError naming the model when a packed method would let its packed sequences attend to each other.
+
+    transformers' native architectures keep attention inside each packed sequence from the
+    restarting ``position_ids``; ChatGLM's remote code does not, so only naive / sorted remain there.
+    """
     if cfg.method not in PACKED_METHODS or cfg.model == "tiny":
         return
     problem = models.packing_refusal(cfg.model, config if config is not None else models.config_dict(cfg.model))

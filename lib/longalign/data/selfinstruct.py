@@ -1,25 +1,11 @@
 """Self-Instruct long instruction data (paper §3.2, appendix A): task-type prompts, question parsing, resumable pipeline.
 
 For each long document: pick one of the four task types (general, summary, reasoning, information
-extraction; seeded per document id so the choice does not depend on order or concurrency), ask the
-model for 5 questions in the ``1: ... 2: ...`` format (Chinese prompts for Chinese documents),
-parse them (robust to formatting slips; unparseable output is retried at a higher temperature,
-then counted as a skip), pick one question (seeded), and ask for its answer with the document.
-The record is ``{"messages": [user: doc + "\\n\\n" + question, assistant: answer], "meta": {...}}``.
-
-Output is append-only JSONL, one line per finished document written with a single write + fsync
-from one thread; on start a torn last line (a kill mid-write) is cut off, documents already in the
-file are skipped, so a killed run resumes with exactly one record per document. The whole run holds
-the output file's lock (:func:`longalign.records.output_lock`): a second run on the same file waits,
-then resumes from what the first one wrote, so two runs never write a document twice. API responses are
-cached by :class:`longalign.llm.LLMClient`, so the resumed run repeats no paid call.
-
-API failures: a transient one that outlasts its retries skips the document (``api_error``, retried
-on the next run). A job-stopping one (``max_cost_usd`` reached, bad key, wrong ``base_url``, nothing
-listening) ends the run at once: the summary is still written (with ``stopped`` and the error
-counts by class), then the error is raised. A run that wrote nothing because every document failed
-at the API raises too, so that a notebook stops there with the cause instead of further down.
-The output file and its summary are owner-only (0600): they hold a user's documents.
+extraction), ask the model for 5 questions in the ``1: ... 2: ...`` format (Chinese prompts for
+Chinese documents), pick one and ask for its answer with the document. The record is
+``{"messages": [user: doc + "\\n\\n" + question, assistant: answer], "meta": {...}}``. Every random
+choice is seeded per document id, so results do not depend on order or concurrency, and the
+output is append-only JSONL so that a killed or repeated run resumes without a paid call twice.
 """
 
 from __future__ import annotations
@@ -204,6 +190,17 @@ def run_generation(docs: list[dict[str, Any]], client: LLMClient, output_path: s
                    max_tokens_answer: int = 1024, parse_retries: int = 2, expected_output_tokens: int = 400,
                    max_len: int | None = None, desc: str = "self-instruct") -> dict[str, Any]:
     """Generate one record per document into ``output_path`` (resumable); returns and saves the run summary.
+
+    One line per finished document, written with a single write + fsync from one thread; on start
+    a torn last line is cut off and documents already in the file are skipped, so a killed run
+    resumes with exactly one record per document. The whole run holds the output file's lock
+    (:func:`longalign.records.output_lock`): a second run on the same file waits, then resumes.
+    Unparseable question lists are retried at a higher temperature, then counted as a skip. A
+    transient API failure that outlasts its retries skips the document (``api_error``, retried on
+    the next run); a job-stopping one (``max_cost_usd`` reached, bad key, wrong ``base_url``,
+    nothing listening) ends the run at once, writes the summary (with ``stopped`` and the error
+    counts by class) and raises. A run that wrote nothing because every document failed at the API
+    raises too. The output and its summary are owner-only (0600): they hold a user's documents.
 
     With ``tokenizer`` each record gets ``meta.n_tokens``; with ``max_len`` too, longer records are
     counted as ``record_too_long`` and not written (training would have to cut their answer).

@@ -1,23 +1,13 @@
 """Short general instruction data (ShareGPT) and the training suites / held-out set that notebook 01 writes.
 
-Loader: ShareGPT (``conversations`` with ``from``/``value``; roles human/gpt/system and aliases),
-chat (``messages`` with ``role``/``content``) or Alpaca (``instruction``/``input``/``output``) rows from
-``.json`` or ``.jsonl(.gz)``; roles normalised, conversations with an empty assistant response dropped
-(paper §4.1), exact duplicates dropped, leading non-user / trailing user turns trimmed: every drop and
-change counted by reason (errors and examples name ``file:line``). :func:`load_longalpaca` reads the
-real LongAlpaca-12k (``LongAlpaca-12k.json``: a JSON list of ``{"instruction", "output"}``, the
-instruction holding the document and the question; LongLoRA's README and SFT script) for the
-paper profile's ``longalpaca`` suite.
-
-Offline short set for the cpu profile: questions about the public functions and classes of the
-Python standard library answered by their docstrings (a deterministic, licence-clean stand-in for
-ShareGPT). MT-Bench questions are deliberately NOT used here: notebook 07 evaluates on MT-Bench.
-
-Suites (paper §4.1, cpu-scaled): ``long0`` / ``long5`` / ``long10`` = the short data + none / a
-seeded half / all of the long records; ``longalpaca`` = the short data + LongAlpaca-12k (paper
-profile) or, as the cpu stand-in, as many long records as ``long10`` but of low diversity (one
-source, one task type). Files: ``outputs/data/mix-{suite}.jsonl``
-and ``outputs/data/heldout-longqa.jsonl`` (rows ``{id, question, context, answer, messages, meta}``).
+The paper mixes its long data with ShareGPT and compares four suites (§4.1): ``long0`` / ``long5`` /
+``long10`` = the short data + none / a seeded half / all of the long records, and ``longalpaca`` =
+the short data + LongAlpaca-12k (paper profile) or, as the cpu stand-in, as many long records as
+``long10`` but of low diversity (one source, one task type). Offline, the short set is questions
+about the Python standard library's public functions and classes answered by their docstrings (a
+deterministic, licence-clean stand-in); MT-Bench questions are deliberately NOT used, because
+notebooks 05 and 07 evaluate on MT-Bench. Files: ``outputs/data/mix-{suite}.jsonl`` and
+``outputs/data/heldout-longqa.jsonl``.
 """
 
 from __future__ import annotations
@@ -92,12 +82,23 @@ def _trim_body(body: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 def load_sharegpt(path: str | Path, skips: Counter | None = None, source: str = "sharegpt") -> list[dict[str, Any]]:
-    """Short chat rows ``{messages, meta}`` from a ShareGPT/chat/Alpaca file; drops and changes counted in ``skips``."""
+    """Short chat rows ``{messages, meta}`` from a ShareGPT/chat/Alpaca file; drops and changes counted in ``skips``.
+
+    Rows are ShareGPT (``conversations`` with ``from``/``value``; roles human/gpt/system and
+    aliases), chat (``messages`` with ``role``/``content``) or Alpaca (``instruction``/``input``/
+    ``output``), from ``.json`` or ``.jsonl(.gz)``. Roles are normalised; conversations with an empty
+    assistant response (paper §4.1) and exact duplicates are dropped; leading non-user and trailing
+    user turns are trimmed. Errors and examples name ``file:line``.
+    """
     return _load_chats(Path(path), skips, source, "short")
 
 
 def load_longalpaca(path: str | Path, skips: Counter | None = None) -> list[dict[str, Any]]:
-    """Long chat rows from LongAlpaca-12k's JSON list of ``{"instruction": document + question, "output": answer}``."""
+    """Long chat rows from LongAlpaca-12k's JSON list of ``{"instruction": document + question, "output": answer}``.
+
+    The real ``LongAlpaca-12k.json`` (format from LongLoRA's README and SFT script), for the paper
+    profile's ``longalpaca`` suite.
+    """
     return _load_chats(Path(path), skips, "longalpaca-12k", "long", alpaca_only=True)
 
 

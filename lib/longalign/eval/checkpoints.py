@@ -1,14 +1,10 @@
 """Models under evaluation: the one loader (dtype / device policy), training-run lookup and model tags.
 
 Every evaluation notebook loads its models here, so a 6B checkpoint is never run in fp32 on a CPU
-when a GPU is present:
-
-- :func:`load_for_eval` -- ``(model, tokenizer)`` in eval mode for ``smollm2``, an HF path / hub id,
-  a checkpoint folder or ``run:NAME`` (that run's final checkpoint). Policy: CUDA available ->
-  bf16 on the GPU, else fp32 on the CPU; ``dtype`` / ``device`` override it.
-- :func:`run_record`, :func:`run_checkpoints`, :func:`final_checkpoints`, :func:`list_runs` --
-  the runs notebook 03 wrote (``outputs/runs/{run}.json`` and ``outputs/runs/{run}/checkpoint-N``).
-- :func:`model_tag` -- the folder-safe name results are filed under (``{run}-step{N}`` for ``run:NAME``).
+when a GPU is present (bf16 on CUDA, else fp32 on the CPU). A model is named by ``smollm2``, an HF
+path / hub id, a checkpoint folder, or ``run:NAME`` for the final checkpoint of a run that notebook
+03 wrote (``outputs/runs/{run}.json``, ``outputs/runs/{run}/checkpoint-N``); results are filed
+under its :func:`model_tag`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,13 @@
 """Learning curves on a long and a short task over a run's checkpoints (paper Fig. 6), EMA-smoothed.
 
-Each (run, checkpoint, task) is one record under ``outputs/results/curves/{run}/``: the mean judge
-score over the task's items plus every answer. The cpu profile scores offline with
-:func:`longalign.eval.judge.overlap_score` (1 + 9·token-F1 against the reference); with an LLM judge
-(the paper's GPT-4) long answers get the LongBench-Chat judge prompt (reference answer, 1-10) and
-short answers FastChat's MT-Bench single-answer grading, one resumable judge record per answer under
-``outputs/results/curves-{task}/``. The long task is notebook 01's held-out long QA, the short task
-the first turns of the MT-Bench questions that have a GPT-4 reference answer. Each record also
-holds the teacher-forced cross-entropy of the reference
-answers (``nll``), a smooth proxy that moves even while a small model's answers are still unusable.
-The figure shows ``score / final score`` (or ``final nll / nll``; final = the last checkpoint's raw
-value), raw dotted and EMA-smoothed solid, as the paper does.
+The long task is notebook 01's held-out long QA, the short task the first turns of the MT-Bench
+questions that have a GPT-4 reference answer. Each (run, checkpoint, task) is one record under
+``outputs/results/curves/{run}/``: the mean judge score and every answer, plus the teacher-forced
+cross-entropy of the reference answers (``nll``), a smooth proxy that moves even while a small
+model's answers are still unusable. The cpu profile scores offline with
+:func:`longalign.eval.judge.overlap_score`; an LLM judge (the paper's GPT-4) gets the LongBench-Chat
+prompt for long answers and FastChat's MT-Bench single-answer grading for short ones. The figure
+shows each value relative to the last checkpoint's, raw dotted and EMA-smoothed solid, as the paper.
 """
 
 from __future__ import annotations

