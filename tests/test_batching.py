@@ -192,3 +192,13 @@ def test_epoch_plan_is_what_every_rank_iterates(make):
         sampler.set_epoch(1)
         expected = [[i for unit in micro[rank] for i in unit] for step in plan for micro in step]
         assert list(sampler) == expected
+
+
+def test_single_sequence_packs_that_cannot_split_are_reported_not_crashed():
+    lengths = [64] * 10  # pretraining windows: every pack holds one sequence, 10 packs over 4 ranks
+    with pytest.warns(UserWarning, match="2 sequence\\(s\\) left out of every epoch"):
+        samplers = [PackedBatchSampler(lengths, 64, world_size=4, rank=r) for r in range(4)]
+    assert samplers[0].dropped == samplers[3].dropped and len(samplers[0].dropped) == 2
+    seen = sorted(i for s in samplers for mb in s for i in mb)
+    assert seen == sorted(set(range(10)) - set(samplers[0].dropped))  # the rest exactly once
+    assert len({len(s) for s in samplers}) == 1  # lock-step

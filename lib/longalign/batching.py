@@ -10,12 +10,13 @@ sampler already shards by rank: the trainer hands HF its loader without ``accele
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from longalign.packing import pack, schedule_packs, split_packs_to_multiple
+from longalign.packing import dropped_indices, pack, schedule_packs, split_packs_to_multiple
 
 
 class _EpochBatchSampler:
@@ -220,7 +221,13 @@ class PackedBatchSampler(_EpochBatchSampler):
         self.packs_per_device, self.grad_accum = packs_per_device, grad_accum
         self.num_micro_batches_per_step = grad_accum
         self.a, self.b, self.yield_pack_ids, self.order = a, b, yield_pack_ids, order
-        self.packs = split_packs_to_multiple(pack(self.lengths, max_len, strategy), self.lengths, world_size)
+        self.packs = split_packs_to_multiple(pack(self.lengths, max_len, strategy), self.lengths, world_size,
+                                             drop_remainder=True)
+        self.dropped = dropped_indices(self.packs, self.lengths.size)
+        if self.dropped:  # only when (almost) every pack holds one sequence, e.g. pretraining windows
+            warnings.warn(f"packing: {len(self.dropped)} sequence(s) left out of every epoch (indices "
+                          f"{self.dropped[:8]}): the packs hold too few sequences to split into a multiple of "
+                          f"world_size={world_size}, and ranks must stay in lock-step", stacklevel=2)
         self._cache: tuple[int, list[list[Any]]] | None = None
 
     def _steps(self, epoch: int) -> list[list[list[int]]]:

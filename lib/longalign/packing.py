@@ -409,20 +409,35 @@ def schedule_packs(packs: Sequence[Sequence[int]], lengths: Sequence[int], world
     return schedule
 
 
-def split_packs_to_multiple(packs: Sequence[Sequence[int]], lengths: Sequence[int],
-                            multiple: int) -> list[list[int]]:
+def split_packs_to_multiple(packs: Sequence[Sequence[int]], lengths: Sequence[int], multiple: int,
+                            drop_remainder: bool = False) -> list[list[int]]:
     """Split multi-sequence packs (most sequences first) until len(packs) % multiple == 0.
 
-    No index is lost or repeated; too few multi-sequence packs raises ``ValueError``.
+    No index is lost or repeated. With too few multi-sequence packs (e.g. pretraining windows that
+    each fill a pack) this raises ``ValueError``, or with ``drop_remainder`` leaves out the fewest
+    single-sequence packs (< ``multiple``, the last ones) so that ranks stay in lock-step; the
+    caller must report them (:func:`dropped_indices`).
     """
     out = [list(p) for p in packs]
     need = (-len(out)) % multiple
     arr = np.asarray(lengths, dtype=np.int64)
     candidates = sorted(range(len(out)), key=lambda k: (-len(out[k]), k))
-    if sum(1 for k in candidates if len(out[k]) > 1) < need:
-        raise ValueError(f"cannot split {len(out)} packs into a multiple of {multiple}: too few multi-sequence packs")
+    splittable = sum(1 for k in candidates if len(out[k]) > 1)
+    if splittable < need:
+        if not drop_remainder:
+            raise ValueError(f"cannot split {len(out)} packs into a multiple of {multiple}: too few multi-sequence packs")
+        drop = set(sorted(range(len(out)), key=lambda k: (len(out[k]), -k))[:len(out) % multiple])
+        return [p for k, p in enumerate(out) if k not in drop]  # fewest sequences first, the last such packs
     for k in candidates[:need]:
         seqs = sorted(out[k], key=lambda i: (-arr[i], i))
         out[k], extra = seqs[0::2], seqs[1::2]  # alternate so both halves have similar lengths
         out.append(extra)
     return out
+
+
+def dropped_indices(packs: Sequence[Sequence[int]], n: int) -> list[int]:
+    """Indices in ``range(n)`` that no pack holds (what ``drop_remainder`` left out)."""
+    held = np.zeros(n, dtype=bool)
+    for p in packs:
+        held[list(p)] = True
+    return np.flatnonzero(~held).tolist()
