@@ -126,20 +126,20 @@ def _row_doc(row: Any, where: str, default_id: str, source: str, skips: Counter 
 
 def iter_jsonl_docs(path: str | Path, source: str | None = None, skips: Counter | None = None) -> Iterator[dict[str, Any]]:
     """Documents from a JSONL(.gz) file; a row without a string ``text`` raises DataError naming ``file:line``."""
-    path = Path(path)
-    source = source or path.name.split(".")[0]
-    for n, (lineno, row) in enumerate(read_jsonl_lines(path), start=1):
-        doc = _row_doc(row, f"{path}:{lineno}", f"{source}:{n}", source, skips)
-        if doc is not None:
-            yield doc
+    yield from _iter_row_docs(Path(path), read_jsonl_lines(path), source, skips)
 
 
 def iter_json_docs(path: str | Path, source: str | None = None, skips: Counter | None = None) -> Iterator[dict[str, Any]]:
     """Documents from a ``.json`` file holding one list of objects with ``text`` (or of strings)."""
-    path = Path(path)
+    yield from _iter_row_docs(Path(path), read_json_list(path), source, skips)
+
+
+def _iter_row_docs(path: Path, rows: Iterable[tuple[int, Any]], source: str | None,
+                   skips: Counter | None) -> Iterator[dict[str, Any]]:
+    """Documents from ``(line, row)`` pairs of one file; ids are ``source:n`` in row order."""
     source = source or path.name.split(".")[0]
-    for n, (lineno, item) in enumerate(read_json_list(path), start=1):
-        doc = _row_doc(item, f"{path}:{lineno}", f"{source}:{n}", source, skips)
+    for n, (lineno, row) in enumerate(rows, start=1):
+        doc = _row_doc(row, f"{path}:{lineno}", f"{source}:{n}", source, skips)
         if doc is not None:
             yield doc
 
