@@ -141,11 +141,8 @@ def test_longbench_reads_every_judged_dataset():
 
 
 def test_longalpaca_loader_reads_official_json():
-    loader = next((getattr(sharegpt, n) for n in ("load_longalpaca", "load_longalpaca_12k") if hasattr(sharegpt, n)), None)
-    if loader is None:
-        pytest.skip("longalign.data.sharegpt has no LongAlpaca-12k loader (load_longalpaca) on this branch yet")
     raw = json.loads((FIXTURES / "longalpaca" / "LongAlpaca-12k.json").read_text())
-    rows = loader(FIXTURES / "longalpaca" / "LongAlpaca-12k.json")
+    rows = sharegpt.load_longalpaca(FIXTURES / "longalpaca" / "LongAlpaca-12k.json")
     assert [[m["content"] for m in r["messages"]] for r in rows] == [[x["instruction"], x["output"]] for x in raw]
 
 
