@@ -86,6 +86,7 @@ from longalign.loss import CE_CHUNK_SIZE, forward_loss_sums, objective
 METHODS = ("naive", "sorted", "packing", "packing_weighted", "pretrain")
 PACKED_METHODS = ("packing", "packing_weighted", "pretrain")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+# the tiny Llama's shape: the keys of model_overrides, and the profile keys config_from_params folds into it
 TINY_OVERRIDES = ("hidden", "layers", "heads", "max_position", "rope_theta")
 
 
@@ -712,7 +713,8 @@ def config_from_params(params: dict[str, Any], outputs_root: Path | None = None,
     Keys that are not TrainConfig fields (a notebook's other parameters) are ignored, except
     ``base_model`` (the default ``model``, looked up under ``outputs/models`` first) and the tiny
     Llama's shape keys (:data:`TINY_OVERRIDES`), which become ``model_overrides`` when the model is
-    ``tiny`` (given in ``fixed``, they always do). A repo-relative ``deepspeed`` becomes absolute.
+    ``tiny`` (given in ``fixed``, they always do; an explicit ``model_overrides`` wins over both). A
+    repo-relative ``deepspeed`` becomes absolute; a ``None`` left for a field that needs a value is refused.
     """
     known = {f.name for f in fields(TrainConfig)}
     spec = {k: v for k, v in params.items() if k in known and k not in fixed}
