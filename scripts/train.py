@@ -7,7 +7,8 @@ One launch may train several configs in sequence (one process group, e.g. all me
     torchrun --nproc_per_node 8 scripts/train.py --profile paper --method packing_weighted --seed 0
 
 ``--profile P`` builds the run configs of notebook 03 from ``configs/P.yaml`` (section
-``03_training_methods``), so the paper runs are exactly the notebook's (8xA800, ZeRO-3 + CPU offload).
+``03_training_methods``, over the notebook's parameters cell) through the same
+``training_run_configs`` / ``config_from_params``, so the paper runs are exactly the notebook's (8xA800, ZeRO-3 + CPU offload).
 It trains the runs on the profile's main ``suite`` (``{method}-seed{seed}``), narrowed by ``--method``
 and ``--seed``: the paper command above is exactly one run. The data-suite runs of the notebook
 (``{suite}-packing_weighted-seed{seed}``) are trained only when asked for with ``--suite``:
@@ -48,7 +49,7 @@ def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
         data = json.loads(open(args.config_file, encoding="utf-8").read())
         cfgs += [TrainConfig.from_dict(d) for d in (data if isinstance(data, list) else [data])]
     if args.profile:
-        params = config.notebook_params(args.profile, "03_training_methods")
+        params = profile_params(args.profile)
         suites = set(args.suite or [params["suite"]])
         for cfg in training_run_configs(params, paths.outputs()):
             keep = ((not args.method or cfg.method in args.method) and (not args.seed or cfg.seed in args.seed)
@@ -57,6 +58,12 @@ def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
     if not cfgs:
         raise SystemExit("nothing to train: give --config-json, --config-file or --profile")
     return cfgs
+
+
+def profile_params(profile: str) -> dict:
+    """Notebook 03's parameters under ``profile``: the parameters cell's defaults, the profile's values over them."""
+    return {**config.parameters_cell(paths.NOTEBOOKS / "03_training_methods.ipynb"),
+            **config.notebook_params(profile, "03_training_methods")}
 
 
 def run_suite(cfg: TrainConfig) -> str:

@@ -95,7 +95,7 @@ def test_paper_profile_extends_on_the_users_corpus_with_the_papers_budget():
     from longalign import config
 
     p = config.load_profile("paper")["02_context_extension"]
-    assert p["sources"] and p["long_steps"] == 0 and not p["released_base"] and p["same_base_ablation"] is False
+    assert p["sources"] and p["long_steps"] is None and p["released_base"] is None and p["same_base_ablation"] is False
     steps = context.steps_for_tokens(p["long_tokens"], p["long_len"], p["long_batch"], p["launch_nproc"])
     assert p["long_tokens"] == 10_000_000_000 and steps == 19_074  # Sec. 4.1: 10B tokens at 64k on 8 GPUs
     for profile in ("cpu", "test"):  # the offline stand-in stays the cpu default

@@ -41,7 +41,7 @@ JUDGE_RATING = 2  # inside every rubric's scale: LongBench QA 1-3, summaries 1-5
 SIZE_KEYS = {"num_records", "record_max_len", "max_len", "num_documents", "concurrency", "min_len", "reserve_tokens",
              "heldout_documents", "num_short", "max_tokens_questions", "max_tokens_answer", "short_len", "long_len",
              "long_steps", "text_chars", "eval_windows", "position_bins", "launch_nproc", "max_steps",
-             "naive_grad_accum", "heldout_rows", "context_lengths", "n_depths", "max_new_tokens", "long_limit",
+             "method_overrides", "heldout_rows", "context_lengths", "n_depths", "max_new_tokens", "long_limit",
              "short_limit", "long_max_new_tokens", "short_max_new_tokens", "eval_max_len", "qa_items",
              "qa_max_new_tokens", "max_input_tokens", "mtbench_questions", "mtbench_max_new_tokens"}
 MODEL_KEYS = {"model_name", "tokenizer_name", "base_model", "models", "checkpoint_runs", "variants"}
@@ -88,6 +88,9 @@ def test_overrides_swap_only_sizes_models_and_locations():
         for key in section:
             assert key in allowed, f"{nb}.{key} is neither a size, a model nor a location: it must come from paper.yaml"
             assert key in paper[nb], f"{nb}.{key} is not a paper.yaml key: the overrides may only replace values"
+    per_method = load_overrides()["03_training_methods"]["method_overrides"]  # sizes only, for the same methods
+    assert set(per_method) == set(paper["03_training_methods"]["method_overrides"])
+    assert all(set(v) <= {"grad_accum", "max_len"} for v in per_method.values())
     paper_variants, tiny_variants = paper["06_scaling"]["variants"], expand(load_overrides()["06_scaling"]["variants"], Path())
     assert len(tiny_variants) == len(paper_variants)
     for ours, theirs in zip(tiny_variants, paper_variants):

@@ -32,7 +32,7 @@ def test_pretrained_variant_drops_tiny_shape_and_overrides_fields():
 def test_variant_errors():
     with pytest.raises(ValueError, match="name"):
         scaling.variant_config({"hidden": 64}, [], DEFAULTS)
-    with pytest.raises(ValueError, match="unknown TrainConfig keys"):
+    with pytest.raises(ValueError, match=r"unknown TrainConfig keys \['hiden'\]"):
         scaling.variant_config({"name": "x", "hiden": 64}, [], DEFAULTS)
     with pytest.raises(ValueError, match="empty"):
         scaling.evaluate_variant("x", {}, [], [], max_len=8, qa_max_new_tokens=1)

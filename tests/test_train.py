@@ -142,8 +142,8 @@ def test_notebook03_configs(tmp_path):
     for s in ("long0", "long10"):
         (tmp_path / "data" / f"mix-{s}.jsonl").write_text("")
     params = {"methods": ["naive", "packing_weighted"], "suite": "long10", "suites": ["long0", "long10"],
-              "seed": 5, "num_seeds": 2, "max_len": 256, "base_model": "tiny", "packs_per_device": 2,
-              "packing_grad_accum": 1, "naive_batch": 1, "naive_grad_accum": 12}
+              "seed": 5, "num_seeds": 2, "max_len": 256, "base_model": "tiny", "per_device_batch": 2,
+              "grad_accum": 1, "method_overrides": {"naive": {"per_device_batch": 1, "grad_accum": 12}}}
     cfgs = training_run_configs(params, tmp_path)
     names = [c.name() for c in cfgs]
     assert names == ["naive-seed5", "packing_weighted-seed5", "naive-seed6", "packing_weighted-seed6",
@@ -190,14 +190,14 @@ def suites_out(tmp_path, monkeypatch):
     return out
 
 
-def test_naive_grad_accum_zero_is_derived_once_for_notebook_and_script(suites_out):
-    """``naive_grad_accum: 0`` -> sequences per pack x packs per step / naive_batch, from the suite's token lengths."""
+def test_naive_grad_accum_none_is_derived_once_for_notebook_and_script(suites_out):
+    """naive ``grad_accum: None`` -> sequences per pack x packs per step / naive batch, from the suite's token lengths."""
     from longalign import packing, tokenize
     from longalign.train import derive_naive_grad_accum
 
     params = {"methods": ["naive", "packing_weighted"], "suite": "long10", "suites": [], "max_len": 256,
-              "base_model": "tiny-longctx", "packs_per_device": 2, "packing_grad_accum": 3, "naive_batch": 2,
-              "naive_grad_accum": 0, "naive_max_len": 128}
+              "base_model": "tiny-longctx", "per_device_batch": 2, "grad_accum": 3,
+              "method_overrides": {"naive": {"grad_accum": None, "max_len": 128}}}
     rows, _ = tokenize.tokenize_jsonl([suites_out / "data" / "mix-long10.jsonl"], models.cpu_tokenizer(), 256)
     lengths = list(rows["length"])
     expected = round(len(lengths) / len(packing.pack(lengths, 256)) * 2 * 3 / 2)
@@ -208,7 +208,7 @@ def test_naive_grad_accum_zero_is_derived_once_for_notebook_and_script(suites_ou
 
 
 def test_script_profile_trains_what_it_names(suites_out):
-    """scripts/train.py --profile: the main suite's runs by default, suite runs only with --suite; cpu's GA 0 resolves."""
+    """scripts/train.py --profile: the main suite's runs by default, suite runs only with --suite; cpu's GA None resolves."""
     import importlib.util
     from longalign import paths
 

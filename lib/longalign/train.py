@@ -7,7 +7,8 @@ packed plain text with a token-mean LM loss (continual pretraining, notebook 02)
 divides by are taken over the whole optimizer step, every micro-step on every rank, so the update
 equals Eq. 2's for any gradient accumulation and world size; the official code is exact only for
 GA 1 on one node. The loss itself lives in :mod:`longalign.loss`. Each run writes
-``outputs/runs/{name}.json`` and HF checkpoints under ``outputs/runs/{name}/``; reruns resume.
+``outputs/runs/{name}.json`` and HF checkpoints under ``outputs/runs/{name}/``; reruns resume. Profile
+parameters become a ``TrainConfig`` through :func:`config_from_params` only.
 
 Paper command (8xA800, ZeRO-3 + CPU offload; one run)::
 
@@ -49,6 +50,7 @@ from longalign.loss import CE_CHUNK_SIZE, forward_loss_sums, objective
 METHODS = ("naive", "sorted", "packing", "packing_weighted", "pretrain")
 PACKED_METHODS = ("packing", "packing_weighted", "pretrain")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+# the tiny Llama's shape: the keys of model_overrides, and the profile keys config_from_params folds into it
 TINY_OVERRIDES = ("hidden", "layers", "heads", "max_position", "rope_theta")
 
 
@@ -695,60 +697,82 @@ def resolve_model(base_model: str, outputs_root: Path) -> str:
     return str(local) if base_model != "tiny" and local.is_dir() else base_model
 
 
+def config_from_params(params: dict[str, Any], outputs_root: Path | None = None, **fixed: Any) -> TrainConfig:
+    """The one map from profile parameters to a TrainConfig: keys named after TrainConfig fields, ``fixed`` over them.
+
+    Keys that are not TrainConfig fields (a notebook's other parameters) are ignored, except
+    ``base_model`` (the default ``model``, looked up under ``outputs/models`` first) and the tiny
+    Llama's shape keys (:data:`TINY_OVERRIDES`), which become ``model_overrides`` when the model is
+    ``tiny`` (given in ``fixed``, they always do; an explicit ``model_overrides`` wins over both). A
+    repo-relative ``deepspeed`` becomes absolute; a ``None`` left for a field that needs a value is refused.
+    """
+    known = {f.name for f in fields(TrainConfig)}
+    spec = {k: v for k, v in params.items() if k in known and k not in fixed}
+    spec["model"] = resolve_model(fixed.pop("model", params.get("model", params.get("base_model", "tiny"))),
+                                  Path(outputs_root) if outputs_root is not None else paths.outputs())
+    shape = {k: params[k] for k in TINY_OVERRIDES if k in params and spec["model"] == "tiny"}
+    shape.update({k: fixed.pop(k) for k in TINY_OVERRIDES if k in fixed})
+    spec.update(fixed)
+    if shape:
+        spec["model_overrides"] = {**shape, **spec.get("model_overrides", {})}
+    unset = sorted(k for k, v in spec.items() if v is None and getattr(TrainConfig, k, None) is not None)
+    if unset:
+        raise ValueError(f"parameters {unset} are None (unset) but TrainConfig needs a value; set them in the profile")
+    if spec.get("deepspeed") and not Path(spec["deepspeed"]).is_absolute():
+        spec["deepspeed"] = str(paths.ROOT / spec["deepspeed"])
+    return TrainConfig.from_dict(spec)
+
+
+def method_settings(params: dict[str, Any], method: str) -> dict[str, Any]:
+    """``params["method_overrides"][method]`` (TrainConfig fields only; a ``None`` grad_accum is derived later)."""
+    overrides = dict((params.get("method_overrides") or {}).get(method) or {})
+    known = {f.name for f in fields(TrainConfig)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"method_overrides[{method!r}] has keys {bad} that are not TrainConfig fields; "
+                         f"known: {sorted(known)}")
+    return overrides
+
+
 def training_run_configs(params: dict[str, Any], outputs_root: Path) -> list[TrainConfig]:
     """Notebook 03's runs from its parameters: methods x seeds on ``suite``, then packing_weighted per suite.
 
-    ``naive_grad_accum: 0`` is derived here (:func:`derive_naive_grad_accum`), for the notebook and
-    scripts/train.py alike; ``naive_max_len`` > 0 truncates the naive / sorted runs' data shorter than
-    ``max_len`` (the paper's 56k for ChatGLM, footnote 5), packed runs keep ``max_len``.
+    Each method's run is :func:`config_from_params` of the parameters with ``method_overrides[method]``
+    over them (e.g. ``{"naive": {"grad_accum": 12, "max_len": 57344}}``: the paper's GA 12 and, for
+    ChatGLM, 56k naive / sorted data, footnote 5). A naive / sorted ``grad_accum: None`` is derived
+    here (:func:`derive_naive_grad_accum`), for the notebook and scripts/train.py alike.
     """
-    p = dict(params)
-    if not p.get("naive_grad_accum", 1) and {"naive", "sorted"} & set(p["methods"]):
-        p["naive_grad_accum"] = derive_naive_grad_accum(p, outputs_root)
-    seeds = [p.get("seed", 0) + k for k in range(p.get("num_seeds", 1))]
-    common = dict(model=resolve_model(p.get("base_model", "tiny"), outputs_root), max_len=p["max_len"],
-                  max_steps=p.get("max_steps", -1), num_epochs=p.get("num_epochs", 1.0),
-                  learning_rate=p.get("learning_rate", 2e-5), warmup_ratio=p.get("warmup_ratio", 0.03),
-                  weight_decay=p.get("weight_decay", 0.0), bf16=p.get("bf16", False),
-                  gradient_checkpointing=p.get("gradient_checkpointing", False),
-                  deepspeed=p.get("deepspeed") or None, save_steps=p.get("save_steps", 0),
-                  dtype=p.get("dtype", "float32"), model_overrides=dict(p.get("model_overrides", {})),
-                  ce_chunk_size=p.get("ce_chunk_size", CE_CHUNK_SIZE))
-    if common["deepspeed"] and not Path(common["deepspeed"]).is_absolute():
-        common["deepspeed"] = str(paths.ROOT / common["deepspeed"])
-    cfgs = [_method_config(m, s, p, p["suite"], outputs_root, common) for s in seeds for m in p["methods"]]
-    for suite in p.get("suites", []):
-        if suite != p["suite"]:
-            cfgs += [_method_config("packing_weighted", s, p, suite, outputs_root, common, f"{suite}-") for s in seeds]
-    return cfgs
+    seeds = [params.get("seed", 0) + k for k in range(params.get("num_seeds", 1))]
+    settings = {m: method_settings(params, m) for m in {*params["methods"], "packing_weighted"}}
+    derived: dict[int | None, int] = {}  # one derivation per naive batch size (it tokenizes the suite)
+    for method, over in settings.items():
+        if "grad_accum" in over and over["grad_accum"] is None and method not in PACKED_METHODS:
+            batch = over.get("per_device_batch")
+            if batch not in derived:
+                derived[batch] = derive_naive_grad_accum(params, outputs_root, batch)
+            over["grad_accum"] = derived[batch]
+    runs = [(m, s, params["suite"], "") for s in seeds for m in params["methods"]]
+    runs += [("packing_weighted", s, suite, f"{suite}-") for suite in params.get("suites", [])
+             if suite != params["suite"] for s in seeds]
+    return [config_from_params(params, outputs_root, **settings[m], method=m, seed=s,
+                               data=[str(suite_data(outputs_root, suite))], output_name=f"{prefix}{m}-seed{s}")
+            for m, s, suite, prefix in runs]
 
 
-def _method_config(method: str, seed: int, p: dict[str, Any], suite: str, outputs_root: Path,
-                   common: dict[str, Any], prefix: str = "") -> TrainConfig:
-    """One run: packing methods use packs_per_device x packing_grad_accum, the others naive_batch x naive_grad_accum."""
-    packed = method in PACKED_METHODS
-    max_len = common["max_len"] if packed else (p.get("naive_max_len") or common["max_len"])
-    return TrainConfig(method=method, seed=seed, data=[str(suite_data(outputs_root, suite))],
-                       output_name=f"{prefix}{method}-seed{seed}",
-                       per_device_batch=p.get("packs_per_device", 1) if packed else p.get("naive_batch", 1),
-                       grad_accum=p.get("packing_grad_accum", 1) if packed else p.get("naive_grad_accum", 1),
-                       **{**common, "max_len": max_len})
-
-
-def derive_naive_grad_accum(params: dict[str, Any], outputs_root: Path) -> int:
+def derive_naive_grad_accum(params: dict[str, Any], outputs_root: Path, per_device_batch: int | None = None) -> int:
     """Naive / sorted GA giving as many sequences per optimizer step as packing has on average (paper: 12).
 
     Sequences per pack come from packing the main suite's token lengths at ``max_len``; the step of
-    packing holds ``packs_per_device x packing_grad_accum`` packs, that of naive / sorted
-    ``naive_batch x GA`` sequences.
+    packing holds ``per_device_batch x grad_accum`` packs (packing's, overrides included), that of
+    naive / sorted ``per_device_batch x GA`` sequences (``per_device_batch`` when given, else the parameters').
     """
-    p = params
+    p = {**params, **method_settings(params, "packing")}
     probe = TrainConfig(model=resolve_model(p.get("base_model", "tiny"), outputs_root), max_len=p["max_len"],
                         data=[str(suite_data(outputs_root, p["suite"]))])
     lengths = _suite_lengths(probe)
     per_pack = len(lengths) / len(packing.pack(lengths, p["max_len"]))
-    per_step = per_pack * p.get("packs_per_device", 1) * p.get("packing_grad_accum", 1)
-    return max(1, round(per_step / p.get("naive_batch", 1)))
+    per_step = per_pack * p.get("per_device_batch", 1) * p.get("grad_accum", 1)
+    return max(1, round(per_step / (per_device_batch or params.get("per_device_batch", 1))))
 
 
 def _suite_lengths(cfg: TrainConfig) -> list[int]:

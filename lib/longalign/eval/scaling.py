@@ -1,8 +1,8 @@
 """Scaling LongAlign (paper Table 4): train the same recipe at several model sizes / context lengths and compare.
 
 A *variant* is a dict naming one run: ``name`` plus any :class:`longalign.train.TrainConfig` field
-(``model``, ``method``, ``max_len``, ...); ``hidden`` / ``layers`` / ``heads`` become the tiny Llama's
-``model_overrides``. The cpu profile sweeps the tiny model's width; the paper profile lists
+(``model``, ``method``, ``max_len``, ``grad_accum``, ...); ``hidden`` / ``layers`` / ``heads`` become the
+tiny Llama's ``model_overrides`` (:func:`longalign.train.config_from_params`, the one parameters -> TrainConfig map). The cpu profile sweeps the tiny model's width; the paper profile lists
 Llama-2-13B-64k (packing + loss weighting, sorted batching) and ChatGLM3-6B-128k. Each variant gets
 one record under ``outputs/results/scaling/`` with its parameter count, final training loss,
 held-out loss and an offline long-QA score.
@@ -17,25 +17,18 @@ from typing import Any
 from longalign import paths
 from longalign.records import output_lock, read_record, record_exists, write_record
 
-TINY_KEYS = {"hidden", "layers", "heads", "max_position", "rope_theta"}
-
-
 def variant_config(variant: dict[str, Any], data: list[str], defaults: dict[str, Any]):
-    """The TrainConfig of one variant: ``defaults`` overridden by the variant, run name ``scale-{name}``."""
-    from longalign.train import TrainConfig, resolve_model
+    """The TrainConfig of one variant: ``defaults`` (the notebook's parameters) overridden by the variant, run name ``scale-{name}``.
+
+    Both go through :func:`longalign.train.config_from_params`; a variant's keys are TrainConfig fields
+    or tiny-Llama shape keys (:data:`longalign.train.TINY_OVERRIDES`), anything else is refused by name.
+    """
+    from longalign.train import config_from_params
 
     if "name" not in variant:
         raise ValueError(f"scaling variant {variant!r} needs a 'name'")
-    spec = {**defaults, **{k: v for k, v in variant.items() if k != "name"}}
-    spec["model"] = resolve_model(spec.get("model", "tiny"), paths.outputs())  # e.g. notebook 02's extended base
-    if spec["model"] != "tiny":  # width/depth overrides only shape the tiny Llama
-        spec = {k: v for k, v in spec.items() if k not in TINY_KEYS or k in variant}
-    if spec.get("deepspeed") and not Path(spec["deepspeed"]).is_absolute():
-        spec["deepspeed"] = str(paths.ROOT / spec["deepspeed"])
-    overrides = {k: spec.pop(k) for k in list(spec) if k in TINY_KEYS}
-    if overrides:
-        spec["model_overrides"] = {**spec.get("model_overrides", {}), **overrides}
-    return TrainConfig.from_dict({**spec, "data": list(data), "output_name": f"scale-{variant['name']}"})
+    fixed = {k: v for k, v in variant.items() if k != "name"}
+    return config_from_params(defaults, **fixed, data=list(data), output_name=f"scale-{variant['name']}")
 
 
 def count_parameters(path: str | Path) -> int:
