@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import threading
@@ -37,6 +38,24 @@ SKIP_TOP = ("notebooks",)  # executed notebooks are linked from the index, not l
 RECORD_MIN = 3  # a folder with this many JSON files holds per-item records; fewer are summary files
 SUMMARY_SUFFIXES = {".csv", ".md", ".jsonl", ".txt"}
 TEXT_SUFFIXES = SUMMARY_SUFFIXES | {".json", ".png", ".pdf"}  # a folder with anything else is a model/dataset
+
+
+class DeclaredParameterFilter(logging.Filter):
+    """Drops papermill's "Passed unknown parameter: X" for names the parameters cell declares.
+
+    Papermill's parameter inference cannot read ``X | None`` annotations, so it calls such declared
+    parameters unknown; names the cell does not declare still warn, and ``check_parameters`` at the
+    top of every notebook stops them.
+    """
+
+    def __init__(self, declared: set[str]):
+        super().__init__()
+        self.declared = declared
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for the unknown-parameter warning of a declared name; True for everything else."""
+        msg = record.getMessage()
+        return not (msg.startswith("Passed unknown parameter: ") and msg.split(": ", 1)[1] in self.declared)
 
 
 class NotebookFailed(RuntimeError):
@@ -183,6 +202,8 @@ def run_one(nb: Path, params: dict[str, Any], out_dir: Path, last: dict[str, Any
     out_dir.mkdir(parents=True, exist_ok=True)
     total = len(nbformat.read(nb, as_version=4).cells) + (1 if params else 0)  # + papermill's injected cell
     progress = Progress(nb.stem, total, last, stream, gap=gap)
+    quiet = DeclaredParameterFilter(set(config.parameters_cell(nb)))
+    logging.getLogger("papermill").addFilter(quiet)
     try:
         pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=params, cwd=str(paths.NOTEBOOKS),
                             kernel_name=KERNEL, progress_bar=False, log_output=False, config=kernel_config(),
@@ -195,6 +216,8 @@ def run_one(nb: Path, params: dict[str, Any], out_dir: Path, last: dict[str, Any
     except BaseException:
         progress.finish(ok=False)
         raise
+    finally:
+        logging.getLogger("papermill").removeFilter(quiet)
     return progress.finish(ok=True)
 
 

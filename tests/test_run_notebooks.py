@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -187,3 +188,11 @@ def test_index_attributes_outputs(tmp_path, project_kernel):
     assert (env_out / "notebooks" / "00_packing_explained.ipynb").is_file()
     assert re.search(r"^00_packing_explained +ok .*figures/00_block_mask\.png", proc.stdout, flags=re.M), proc.stdout
     assert TCP_WARNING not in proc.stderr
+
+
+def test_unknown_parameter_warning_is_dropped_only_for_declared_names():
+    quiet = run_notebooks.DeclaredParameterFilter({"output_dir", "seed"})
+    make = lambda msg: logging.LogRecord("papermill", logging.WARNING, __file__, 1, msg, None, None)
+    assert not quiet.filter(make("Passed unknown parameter: output_dir"))  # declared `str | None`: not unknown
+    assert quiet.filter(make("Passed unknown parameter: outptu_dir"))  # a real typo still warns
+    assert quiet.filter(make("Executing notebook with kernel: longalign"))
