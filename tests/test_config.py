@@ -18,6 +18,7 @@ flag: bool = False
 sources: list[str] = ["a"]
 weights: dict[str, float] = {"a": 1.0}
 base_url: str | None = None
+limit: int | None = 8
 anything: list = []
 legacy: str = None
 """
@@ -41,7 +42,8 @@ def _defaults(path) -> dict:
 
 @pytest.mark.parametrize("name,value", [
     ("num_documents", 7), ("ratio", 2), ("ratio", 0.25), ("name", ""), ("flag", True), ("sources", []),
-    ("sources", ["b", "c"]), ("weights", {"b": 2}), ("base_url", "http://h"), ("anything", [1, "a"]), ("legacy", "y")])
+    ("sources", ["b", "c"]), ("weights", {"b": 2}), ("base_url", "http://h"), ("base_url", None), ("limit", None), ("limit", 3), ("anything", [1, "a"]),
+    ("legacy", "y")])
 def test_values_of_the_declared_type_pass(tmp_path, name, value):
     path = _notebook(tmp_path)
     config.check_parameters(path, {**_defaults(path), name: value})
@@ -52,13 +54,23 @@ def test_values_of_the_declared_type_pass(tmp_path, name, value):
     ("num_documents", True, "int"), ("ratio", "0.5", "float"), ("ratio", False, "float"), ("name", 3, "str"),
     ("flag", 1, "bool"), ("flag", "false", "bool"), ("sources", "a", "list[str]"), ("sources", [1], "list[str]"),
     ("weights", {"a": "x"}, "dict[str, float]"), ("weights", [], "dict[str, float]"), ("base_url", 5, "str | None"),
-    ("legacy", 5, "str")])
+    ("limit", "8", "int | None"), ("limit", 2.0, "int | None"), ("legacy", 5, "str")])
 def test_wrong_types_fail_naming_parameter_type_and_value(tmp_path, name, value, expected):
     path = _notebook(tmp_path)
     message = f"parameter '{name}' must be {expected}, got {value!r} ({type(value).__name__})"
     with pytest.raises(ValueError, match=re.escape(message)) as err:
         config.check_parameters(path, {**_defaults(path), name: value})
     assert "99_params" in str(err.value)
+
+
+def test_limits_and_paths_spell_unset_as_none():
+    assert config.check_limit(None) is None and config.check_limit(5, "n_items") == 5
+    for bad in (0, -1, 2.5, True):  # 0 once meant "all": it must not silently mean all or nothing now
+        with pytest.raises(ValueError, match="n_items must be a positive count or None"):
+            config.check_limit(bad, "n_items")
+    assert config.check_path(None) is None and str(config.check_path("a/b.json")) == "a/b.json"
+    with pytest.raises(ValueError, match="test_cases_path is empty"):
+        config.check_path("", "test_cases_path")
 
 
 def test_unknown_names_fail_with_the_closest_known_name(tmp_path):

@@ -21,6 +21,13 @@ def test_paper_token_budget_gives_the_step_count():
         context.steps_for_tokens(0, 65_536, 1, 8)
 
 
+def test_long_steps_come_from_the_steps_or_the_token_budget():
+    assert context.long_steps_for(24, None, 2048, 1, 1) == 24 and context.long_steps_for(24, 10**9, 2048, 1, 1) == 24
+    assert context.long_steps_for(None, 10_000_000_000, 65_536, 1, 8) == 19_074
+    with pytest.raises(ValueError, match="long_steps and long_tokens are both None"):
+        context.long_steps_for(None, None, 2048, 1, 1)
+
+
 def test_corpus_texts_read_the_users_folder_dedupe_and_cap(tmp_path):
     (tmp_path / "a.txt").write_text("alpha " * 50, encoding="utf-8")
     rows = [{"text": "beta " * 50}, {"text": "alpha " * 50}, {"text": "gamma " * 50}]  # the 2nd repeats a.txt

@@ -115,4 +115,4 @@ def test_paper_profile_skips_overlong_documents_and_reads_longalpaca():
     paper = config.load_profile("paper")["01_data_construction"]
     assert paper["overlong"] == "skip" and paper["longalpaca_path"].endswith("LongAlpaca-12k.json")
     for profile in ("cpu", "test"):  # the synthetic low-diversity stand-in
-        assert config.load_profile(profile)["01_data_construction"]["longalpaca_path"] == ""
+        assert config.load_profile(profile)["01_data_construction"]["longalpaca_path"] is None

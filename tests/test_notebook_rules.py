@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from longalign import config, paths
 
@@ -92,11 +93,65 @@ def test_profile_values_pass_the_runtime_check(profile):
         config.check_parameters(nb, {**config.parameters_cell(nb), **sections.get(nb.stem, {})})
 
 
+# A str parameter with one of these name endings is a location or a name: unset is None, never "".
+UNSET_NAMES = ("_path", "_dir", "_url", "_model", "_root")
+TINY_OVERRIDES = paths.ROOT / "tests" / "fixtures" / "paper" / "tiny_overrides.yaml"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_unset_is_none_in_parameters_cells(nb):
+    """One spelling of "unset": `X | None = None`, never "" for a path/name or 0 for a count, limit or cap."""
+    annotations = config.parameter_annotations(nb)
+    bad = unset_misspellings(annotations, config.parameters_cell(nb), defaults=True)
+    assert not bad, f"{nb.stem}: {bad}"
+
+
+@pytest.mark.parametrize("source", [*config.PROFILES, "tiny_overrides"])
+def test_unset_is_none_in_profiles(source):
+    sections = (yaml.safe_load(TINY_OVERRIDES.read_text(encoding="utf-8")) if source == "tiny_overrides"
+                else config.load_profile(source))
+    for nb in NOTEBOOKS:
+        bad = unset_misspellings(config.parameter_annotations(nb), sections.get(nb.stem, {}))
+        assert not bad, f"{source} [{nb.stem}]: {bad}"
+
+
+def test_unset_rule_flags_the_old_spellings():
+    """The rule above can fail: the spellings this project used before (and a None default typed `str`)."""
+    source = ('judge_model: str = ""\nlimit: int | None = 0\ncap: float | None = 0.0\nbase_url: str = None\n'
+              'root: str | None = ""\nname: str = ""\nn_items: int | None = 8\nsave_steps: int = 0\nx: str | None = None\n')
+    tree = ast.parse(source).body
+    annotations = {n.target.id: n.annotation for n in tree}
+    values = {n.target.id: ast.literal_eval(n.value) for n in tree}
+    assert unset_misspellings(annotations, values, defaults=True) == [
+        "judge_model = '' (use None)", "limit = 0 (use None)", "cap = 0.0 (use None)",
+        "base_url = None needs an `X | None` annotation", "root = '' (use None)"]
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
 def test_project_kernel(nb):
     """The notebooks run on the project's own kernel, never the machine-wide ``python3``."""
     spec = json.loads(nb.read_text(encoding="utf-8"))["metadata"]["kernelspec"]
     assert spec == {"display_name": "LongAlign (.venv)", "language": "python", "name": "longalign"}
+
+
+def unset_misspellings(annotations: dict[str, ast.expr], values: dict, defaults: bool = False) -> list[str]:
+    """Values that spell "unset" as "" or 0 where None is the spelling (and, for ``defaults``, None typed without it)."""
+    bad = []
+    for name, value in values.items():
+        optional = name in annotations and _allows_none(annotations[name])
+        zero = type(value) in (int, float) and value == 0
+        if (optional and (value == "" or zero)) or (value == "" and name.endswith(UNSET_NAMES)):
+            bad.append(f"{name} = {value!r} (use None)")
+        elif defaults and value is None and not optional:
+            bad.append(f"{name} = None needs an `X | None` annotation")
+    return bad
+
+
+def _allows_none(annotation: ast.expr) -> bool:
+    """Whether an annotation such as ``int | None`` admits None."""
+    if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):
+        return _allows_none(annotation.left) or _allows_none(annotation.right)
+    return isinstance(annotation, ast.Constant) and annotation.value is None
 
 
 def _python_only(source: str) -> str:

@@ -45,8 +45,8 @@ def out(tmp_path, monkeypatch):
 def _notebook02(p: dict) -> list[train.TrainConfig]:
     """The TrainConfigs notebook 02 builds (its cells 2, 7 and 9)."""
     released = bool(p["released_base"])
-    long_steps = p["long_steps"] if p["long_steps"] is not None or released else context.steps_for_tokens(
-        p["long_tokens"], p["long_len"], p["long_batch"], p["launch_nproc"])
+    long_steps = p["long_steps"] if released else context.long_steps_for(
+        p["long_steps"], p["long_tokens"], p["long_len"], p["long_batch"], p["launch_nproc"])
     cfgs = []
     if p["base_model"] == "tiny" and not released:
         cfgs.append(train.config_from_params(p, method="pretrain", model="tiny", output_name="ctx-short",

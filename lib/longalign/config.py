@@ -72,6 +72,26 @@ def check_parameters(notebook: str | Path, namespace: dict[str, Any]) -> None:
                          f"{', '.join(declared)}")
 
 
+def check_limit(limit: int | None, name: str = "limit") -> int | None:
+    """``limit`` when it is None (no limit) or a positive count; else a ValueError naming ``name``.
+
+    None is the one spelling of "no limit" in parameters and library calls: a 0 (the old "all") raises
+    instead of silently meaning everything or nothing.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise ValueError(f"{name} must be a positive count or None (no limit), got {limit!r}")
+    return limit
+
+
+def check_path(path: str | Path | None, name: str = "path") -> Path | None:
+    """``Path(path)``, or None when unset; an empty string raises (None is the one spelling of "not given")."""
+    if path is None:
+        return None
+    if not str(path).strip():
+        raise ValueError(f"{name} is empty: give a file path, or None when there is none")
+    return Path(path)
+
+
 def parameter_annotations(notebook_path: str | Path) -> dict[str, ast.expr]:
     """The type annotation (AST) of each name of a notebook's ``parameters`` cell."""
     source = _parameters_source(Path(notebook_path))

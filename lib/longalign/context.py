@@ -138,6 +138,15 @@ def steps_for_tokens(tokens: int, max_len: int, per_device_batch: int, nproc: in
     return math.ceil(tokens / (max_len * per_device_batch * nproc))
 
 
+def long_steps_for(steps: int | None, tokens: int | None, max_len: int, per_device_batch: int, nproc: int) -> int:
+    """``steps`` when given, else the steps that feed the ``tokens`` budget (notebook 02's long_steps / long_tokens)."""
+    if steps is not None:
+        return steps
+    if tokens is None:
+        raise ValueError("long_steps and long_tokens are both None: give the steps, or a token budget to derive them from")
+    return steps_for_tokens(tokens, max_len, per_device_batch, nproc)
+
+
 def pretrain_dataset(texts: Iterable[str], tokenizer: Any, max_len: int, min_len: int = 16, path: str | Path | None = None):
     """LM rows (input_ids, labels = input_ids, length): each document + EOS cut into pieces of <= max_len.
 

@@ -225,6 +225,8 @@ class LLMClient:
                  offline_fn: Callable[[list[dict[str, str]]], str] | None = None, local_model: Any = None,
                  backoff_s: float = 1.0, max_backoff_s: float = 60.0, seed: int = 0, budget: Budget | None = None):
         _check_backend(backend, base_url, offline_fn)
+        if not model:  # e.g. an unset judge_model: say so here, not as "no price known for model None"
+            raise ValueError(f"backend {backend!r} needs a model name, got {model!r} (the model / judge_model parameter)")
         self.backend, self.model, self.base_url = backend, model, base_url
         self.concurrency, self.max_retries, self.timeout_s = max(1, concurrency), max_retries, timeout_s
         self.cache_dir = Path(cache_dir) if cache_dir is not None else paths.cache() / "llm"

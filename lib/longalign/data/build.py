@@ -25,11 +25,11 @@ CHANGE_REASONS = ("control_chars_removed", "trimmed_turns")  # counted records t
 def prepare_documents(sources: list[str], tokenizer: Any, *, num_documents: int, heldout_documents: int,
                       min_len: int, max_len: int, reserve_tokens: int = 256, alpha: float = 1.0,
                       overlong: str = "truncate", seed: int = 0, skips: Counter | None = None,
-                      limit_per_source: int = 0) -> dict[str, Any]:
+                      limit_per_source: int | None = None) -> dict[str, Any]:
     """``{"train", "heldout", "stats"}``: length-sampled documents fitted to ``max_len - reserve_tokens`` and their counts.
 
-    Documents longer than that are cut (``overlong="truncate"``) or skipped (``"skip"``, the paper); no document
-    left raises a DataError naming the sources read and every skip reason.
+    Documents longer than that are cut (``overlong="truncate"``) or skipped (``"skip"``, the paper);
+    ``limit_per_source`` caps the documents read from each source (None: no cap); no document left raises a DataError naming the sources read and every skip reason.
     """
     skips = skips if skips is not None else corpus.Skips()
     counts: dict[str, int] = {}

@@ -28,6 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from longalign import paths
+from longalign.config import check_limit
 from longalign.records import DataError, read_jsonl_lines
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".tex", ".py", ".c", ".h", ".js", ".java", ".go", ".rs", ".html", ".htm")
@@ -319,12 +320,12 @@ def load_source(spec: str, skips: Counter | None = None) -> Iterator[dict[str, A
     return iter_user_docs(spec, skips)
 
 
-def load_corpus(specs: Iterable[str], skips: Counter | None = None, limit_per_source: int = 0,
+def load_corpus(specs: Iterable[str], skips: Counter | None = None, limit_per_source: int | None = None,
                 counts: dict[str, int] | None = None) -> list[dict[str, Any]]:
-    """Documents of ``specs`` (at most ``limit_per_source`` each when > 0), duplicates removed; ``counts[spec]`` = read."""
+    """Documents of ``specs`` (at most ``limit_per_source`` each; None: all), duplicates removed; ``counts[spec]`` = read."""
     skips = skips if skips is not None else Counter()
     counts = counts if counts is not None else {}
-    limit = limit_per_source if limit_per_source > 0 else None
+    limit = check_limit(limit_per_source, "limit_per_source")
     docs = []
     for spec in specs:
         got = list(itertools.islice(load_source(spec, skips), limit))

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from longalign import paths
+from longalign.config import check_limit
 from longalign.eval import checkpoints
 from longalign.eval.checkpoints import list_runs, run_checkpoints  # noqa: F401  (notebooks 04 / 05 call curves.*)
 from longalign.eval.judge import Judge, JudgeRequest, judge_sweep, record_path
@@ -60,7 +61,7 @@ def long_items(path: str | Path, limit: int | None = None) -> list[dict[str, Any
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run notebooks/01_data_construction.ipynb first")
     return [{"id": it["id"], "question": it["question"], "prompt": it["prompt"], "answer": it["answer"]}
-            for it in load_heldout(path, limit)]
+            for it in load_heldout(path, check_limit(limit, "long_limit"))]
 
 
 def short_items(limit: int | None = None) -> list[dict[str, Any]]:
@@ -71,7 +72,7 @@ def short_items(limit: int | None = None) -> list[dict[str, Any]]:
     items = [{"id": str(q["question_id"]), "prompt": q["turns"][0], "answer": refs[int(q["question_id"])][0],
               "category": q["category"]}
              for q in mtbench.load_questions() if int(q["question_id"]) in refs]
-    return items[:limit] if limit is not None else items
+    return items[:check_limit(limit, "short_limit")]
 
 
 def curve_path(run: str, step: int, task: str, scorer: str = "overlap") -> Path:
@@ -128,13 +129,16 @@ def score_items(model, tokenizer, items: list[dict[str, Any]], *, max_new_tokens
     return sum(r["score"] for r in rows) / max(len(rows), 1), rows
 
 
-def make_judge(kind: str, model: str = "", base_url: str = "", max_cost_usd: float = 0.0,
+def make_judge(kind: str, model: str | None = None, base_url: str | None = None, max_cost_usd: float | None = None,
                **judge_kwargs: Any) -> Judge | None:
-    """The LLM judge of the curves (``openai``/``anthropic``/``local``), or None for the offline ``overlap`` score."""
+    """The LLM judge of the curves (``openai``/``anthropic``/``local``), or None for the offline ``overlap`` score.
+
+    None leaves a setting unset: the kind's default model, the provider's endpoint, no cost cap.
+    """
     if kind == "overlap":
         return None
     # API keys come from the environment inside LLMClient; nothing secret passes through here.
-    return Judge(kind, model or None, base_url=base_url or None, max_cost_usd=max_cost_usd or None, **judge_kwargs)
+    return Judge(kind, model, base_url=base_url, max_cost_usd=max_cost_usd, **judge_kwargs)
 
 
 def judge_requests(task: str, items: list[dict[str, Any]], answers: dict[str, str]) -> list[JudgeRequest]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from longalign.config import check_limit
 from longalign.eval.judge import JUDGE_SYSTEM, JudgeRequest
 from longalign.records import DataError, read_jsonl
 
@@ -91,7 +92,7 @@ def load_dataset(root: str | Path, name: str, limit: int | None = None) -> list[
     """One LongBench dataset as items ``{id, dataset, task, prompt, question, answers, max_new_tokens}``."""
     if name not in DATASET_TASK:
         raise ValueError(f"{name!r} is not one of the judged LongBench datasets: {sorted(DATASET_TASK)}")
-    path = dataset_file(root, name)
+    limit, path = check_limit(limit, "longbench_items"), dataset_file(root, name)
     items = []
     for n, row in enumerate(read_jsonl(path), start=1):
         if not {"context", "input", "answers"} <= set(row) or not row["answers"]:

@@ -23,6 +23,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from longalign import paths
+from longalign.config import check_limit, check_path
 from longalign.eval.checkpoints import final_checkpoints, load_for_eval, model_tag  # noqa: F401 (notebook 07)
 from longalign.eval.judge import JUDGE_SYSTEM, JudgeRequest, item_scores
 from longalign.records import DataError, output_lock, read_jsonl, read_record, record_exists, record_name, write_record
@@ -128,8 +129,8 @@ def _read_rows(path: Path) -> list[Any]:
 
 
 def load_test_cases(path: str | Path | None = None) -> list[dict[str, Any]]:
-    """The official test cases as ``{id, question, prompt, answer}`` (``path`` or the cached download)."""
-    path = Path(path) if path else download_official(TEST_CASES_FILE)
+    """The official test cases as ``{id, question, prompt, answer}`` (``path``; None: the cached download)."""
+    path = check_path(path, "test_cases_path") or download_official(TEST_CASES_FILE)
     items = []
     for n, row in enumerate(_read_rows(path), start=1):
         missing = {"query", "answer", "prompt"} - set(row)
@@ -142,8 +143,8 @@ def load_test_cases(path: str | Path | None = None) -> list[dict[str, Any]]:
 
 
 def load_heldout(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """Notebook 01's held-out long-QA rows as ``{id, question, prompt, answer}`` (the cpu stand-in)."""
-    items = []
+    """Notebook 01's held-out long-QA rows as ``{id, question, prompt, answer}`` (the cpu stand-in; ``limit`` None: all)."""
+    limit, items = check_limit(limit), []
     for n, row in enumerate(read_jsonl(path), start=1):
         if not {"id", "question", "answer"} <= set(row):
             raise DataError(f"{path}:{n}: held-out row needs id, question, answer")
@@ -168,8 +169,8 @@ def _heldout_prompt(row: dict[str, Any], path: str | Path, n: int) -> str | list
 
 
 def load_few_shots(path: str | Path | None = None) -> list[list[dict[str, Any]]]:
-    """The per-question human-rated examples (``few_shots.json``: 50 lists of 3 ``{answer, score}``)."""
-    path = Path(path) if path else download_official(FEW_SHOTS_FILE)
+    """The per-question human-rated examples (``few_shots.json``: 50 lists of 3 ``{answer, score}``; None: the download)."""
+    path = check_path(path, "few_shots_path") or download_official(FEW_SHOTS_FILE)
     shots = _read_rows(path)
     for n, group in enumerate(shots, start=1):
         if len(group) != 3 or not all({"answer", "score"} <= set(s) for s in group):
