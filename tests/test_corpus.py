@@ -166,3 +166,13 @@ def test_prepare_documents_holds_out_unseen_documents_and_fits_max_len(tmp_path)
     assert len(train) == 12 and len(held) == 5 and not {d["id"] for d in train} & {d["id"] for d in held}
     assert all(d["n_tokens"] <= 3500 and len(d["text"]) == d["n_tokens"] for d in train + held)
     assert any(d["truncated"] for d in train) and skips["too_short"] == 2  # documents 0 and 1: 232 and 562 chars
+
+
+def test_limit_per_source_none_reads_everything_and_zero_is_refused(tmp_path):
+    for i in range(5):
+        (tmp_path / f"doc{i}.txt").write_text(f"Document {i}: " + "text " * 20, encoding="utf-8")
+    counts: dict[str, int] = {}
+    assert len(corpus.load_corpus([str(tmp_path)], limit_per_source=None, counts=counts)) == 5 == counts[str(tmp_path)]
+    assert len(corpus.load_corpus([str(tmp_path)], limit_per_source=2)) == 2
+    with pytest.raises(ValueError, match="limit_per_source must be a positive count or None"):  # 0 once meant "all"
+        corpus.load_corpus([str(tmp_path)], limit_per_source=0)

@@ -212,6 +212,9 @@ def test_invalid_base_url_and_unknown_price_are_clear_errors(tmp_path):
         LLMClient("openai", "gpt-4", base_url="localhost:8000/v1", cache_dir=tmp_path)
     with pytest.raises(ValueError, match=r"`prices` parameter.*'my-finetune'"):
         LLMClient("openai", "my-finetune", cache_dir=tmp_path)
+    for unset in (None, ""):  # e.g. notebook 04 with an LLM judge and judge_model left None
+        with pytest.raises(ValueError, match=r"backend 'openai' needs a model name.*judge_model"):
+            LLMClient("openai", unset, cache_dir=tmp_path)
     priced = LLMClient("openai", "my-finetune", cache_dir=tmp_path, prices={"my-finetune": [1.0, 2.0]})
     assert priced.estimate_cost(["abcd" * 100], expected_output_tokens=10) == pytest.approx((104 * 1 + 10 * 2) / 1e6)
     assert LLMClient("offline", "x", offline_fn=lambda m: "a", cache_dir=tmp_path).price == (0.0, 0.0)

@@ -76,6 +76,11 @@ def test_load_test_cases_json_and_bad_rows(tmp_path):
                                 {"idx": 2, "query": "Q2", "answer": "A2", "prompt": "DOC\nQ2"}]))
     items = lbc.load_test_cases(good)
     assert [it["id"] for it in items] == ["1", "2"] and items[1]["prompt"] == "DOC\nQ2"
+    assert [it["id"] for it in lbc.load_test_cases(good, limit=1)] == ["1"]  # limit None (above): all
+    with pytest.raises(ValueError, match="positive count or None"):  # 0 no longer means "all"
+        lbc.load_test_cases(good, limit=0)
+    with pytest.raises(ValueError, match="test_cases_path is empty"):  # "" is not "unset": None is
+        lbc.load_test_cases("")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"idx": 1, "query": "Q1", "prompt": "x"}]))
     with pytest.raises(DataError, match="bad.json:1"):

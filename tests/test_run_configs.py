@@ -44,7 +44,7 @@ def out(tmp_path, monkeypatch):
 
 def _notebook02(p: dict) -> list[train.TrainConfig]:
     """The TrainConfigs notebook 02 builds (its cells 2, 7 and 9)."""
-    released = bool(p["released_base"])
+    released = p["released_base"] is not None
     long_steps = p["long_steps"] if released else context.long_steps_for(
         p["long_steps"], p["long_tokens"], p["long_len"], p["long_batch"], p["launch_nproc"])
     cfgs = []

@@ -29,7 +29,8 @@ def prepare_documents(sources: list[str], tokenizer: Any, *, num_documents: int,
     """``{"train", "heldout", "stats"}``: length-sampled documents fitted to ``max_len - reserve_tokens`` and their counts.
 
     Documents longer than that are cut (``overlong="truncate"``) or skipped (``"skip"``, the paper);
-    ``limit_per_source`` caps the documents read from each source (None: no cap); no document left raises a DataError naming the sources read and every skip reason.
+    ``limit_per_source`` caps the documents read from each source (None: no cap); no document left
+    raises a DataError naming the sources read and every skip reason.
     """
     skips = skips if skips is not None else corpus.Skips()
     counts: dict[str, int] = {}

@@ -98,7 +98,7 @@ def answer_nll(model, tokenizer, prompt, answer: str, max_input_tokens: int | No
     target = tokenizer(answer, add_special_tokens=False)["input_ids"][:max_answer_tokens]
     target += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     budget = (context_window(model) or 10**9) - len(target)
-    prompt_ids = encode_prompt(tokenizer, prompt, min(budget, max_input_tokens or budget))
+    prompt_ids = encode_prompt(tokenizer, prompt, budget if max_input_tokens is None else min(budget, max_input_tokens))
     ids = torch.tensor([prompt_ids + target])
     with torch.no_grad():
         logits = model(input_ids=ids, use_cache=False).logits[0, len(prompt_ids) - 1:-1]

@@ -128,8 +128,9 @@ def _read_rows(path: Path) -> list[Any]:
     return rows
 
 
-def load_test_cases(path: str | Path | None = None) -> list[dict[str, Any]]:
-    """The official test cases as ``{id, question, prompt, answer}`` (``path``; None: the cached download)."""
+def load_test_cases(path: str | Path | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """The first ``limit`` (None: all) official test cases as ``{id, question, prompt, answer}`` (``path``; None: the download)."""
+    limit = check_limit(limit)
     path = check_path(path, "test_cases_path") or download_official(TEST_CASES_FILE)
     items = []
     for n, row in enumerate(_read_rows(path), start=1):
@@ -139,7 +140,7 @@ def load_test_cases(path: str | Path | None = None) -> list[dict[str, Any]]:
         idx = int(row.get("idx", n))
         items.append({"id": str(idx), "idx": idx, "question": row["query"], "prompt": row["prompt"],
                       "answer": row["answer"]})
-    return items
+    return items[:limit]
 
 
 def load_heldout(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
