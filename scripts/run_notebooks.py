@@ -8,7 +8,9 @@ A failing notebook stops the run with its name and the failing cell. The run end
 notebooks, status, times and figures, and ``outputs/INDEX.md``: the figures as images, then the
 summary results, then the record folders with their counts, each with the notebook that wrote it
 (attributed by comparing the outputs tree before and after each notebook, kept in
-``outputs/made_by.json``). Notebooks run on the project's Jupyter kernel ``longalign`` (registered
+``outputs/made_by.json``). Last, ``outputs/results/findings.json`` checks the paper's findings against whatever
+records exist (``longalign.findings``; a failed notebook leaves its findings marked missing) and its table is
+printed. Notebooks run on the project's Jupyter kernel ``longalign`` (registered
 inside ``.venv`` by ``scripts/setup_env.sh``).
 """
 
@@ -29,7 +31,7 @@ from typing import Any, TextIO
 import nbformat
 import papermill as pm
 
-from longalign import config, paths, profiles
+from longalign import config, findings, paths, profiles
 from longalign.records import atomic_write_text
 
 KERNEL = "longalign"  # the project's kernel; the machine's other kernels (python3, ...) are never used or changed
@@ -267,7 +269,8 @@ def classify(files: list[str]) -> tuple[list[str], list[str], dict[str, list[str
 
     A folder holding a model, checkpoint or dataset (any file that is not JSON/CSV/Markdown/text/PNG/PDF)
     and a folder of ``RECORD_MIN`` or more JSON files are record folders, listed by their first two
-    levels (``results/needle/``, ``runs/<run>/``); a PDF beside a PNG of the same name goes with the figure.
+    levels (``results/needle/``, ``runs/<run>/``); a PDF beside a PNG of the same name goes with the figure;
+    ``results/findings.json`` is always a summary file.
     """
     by_dir: dict[str, list[str]] = defaultdict(list)
     for f in files:
@@ -282,7 +285,7 @@ def classify(files: list[str]) -> tuple[list[str], list[str], dict[str, list[str
         json_count = sum(1 for g in by_dir[parent] if g.endswith(".json"))
         is_summary = path.suffix in SUMMARY_SUFFIXES or (
             path.suffix == ".json" and (json_count < RECORD_MIN or "summary" in path.name))
-        if is_summary and parent not in binary:
+        if (is_summary and parent not in binary) or f == findings.FINDINGS_PATH:
             summary.append(f)
         else:
             folders["/".join(path.parts[:min(2, len(path.parts) - 1)]) or "."].append(f)
@@ -337,6 +340,21 @@ def write_index(made_by: dict[str, str], root: Path) -> Path:
 # ----------------------------------------------------------------------------------------------- main
 
 
+def write_findings(root: Path) -> tuple[str, str | None]:
+    """Write ``results/findings.json`` from the records under ``root``; (its Markdown table, the error if it failed).
+
+    Attributed to this script in ``made_by.json`` so the index lists it under summary results.
+    """
+    try:
+        path = findings.write_findings(root)
+    except Exception as err:  # a corrupt record must not hide the notebook table or the index
+        return "", f"findings not written: {type(err).__name__}: {err}"
+    made_by = load_made_by(root)
+    made_by[path.relative_to(root).as_posix()] = Path(__file__).name
+    atomic_write_text(root / MADE_BY, json.dumps(made_by, indent=0, sort_keys=True) + "\n")
+    return findings.markdown_table(json.loads(path.read_text(encoding="utf-8"))), None
+
+
 def summary_table(rows: list[dict[str, Any]], made_by: dict[str, str], root: Path) -> str:
     """The closing table: notebook, status, time, last run, and where its figures are."""
     out = [f"{'notebook':<24} {'status':<8} {'time':>7} {'last run':>8}  figures (under {_shown(root)}/)"]
@@ -370,6 +388,9 @@ def run_all(notebooks: list[Path], profile: str, root: Path) -> tuple[list[dict[
         except (NotebookFailed, KeyboardInterrupt) as err:
             row["status"] = "FAILED" if isinstance(err, NotebookFailed) else "stopped"
             failure = str(err) or "interrupted"
+        except Exception as err:  # e.g. a dead kernel: still index what exists and check the findings
+            row["status"] = "FAILED"
+            failure = f"FAILED {row['nb'].name}: {type(err).__name__}: {err}"
         made_by.update({f: row["nb"].name for f, t in snapshot(root).items() if before.get(f) != t})
         atomic_write_text(root / MADE_BY, json.dumps(made_by, indent=0, sort_keys=True) + "\n")
         if failure:
@@ -387,11 +408,13 @@ def main() -> None:
     check_kernel()
     root = paths.outputs()
     rows, failure = run_all(notebooks, args.profile, root)
+    table, findings_error = write_findings(root)  # after a failure too: findings of what exists
     index = write_index(load_made_by(root), root)
     print("\n" + summary_table(rows, load_made_by(root), root))
-    print(f"\nrun_notebooks: index of figures, results and records in {_shown(index)}")
-    if failure:
-        sys.exit(f"\nrun_notebooks: {failure}")
+    print(f"\nPaper findings (computed from the records; {findings.FINDINGS_PATH}):\n\n{table}" if table else "")
+    print(f"run_notebooks: index of figures, results and records in {_shown(index)}")
+    if failure or findings_error:
+        sys.exit(f"\nrun_notebooks: {failure or findings_error}")
 
 
 if __name__ == "__main__":

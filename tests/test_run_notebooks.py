@@ -147,6 +147,30 @@ def test_index_leads_with_figures_then_summaries_then_record_folders(tmp_path):
     assert "| [`runs/`](runs/) | 3 JSON records | `03_b` |" in text and "notebooks/00_a" not in text
 
 
+def test_main_writes_findings_and_indexes_them_after_a_failed_notebook(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "outputs"
+    monkeypatch.setenv("LONGALIGN_OUTPUTS", str(root))
+    for k in range(3):  # three JSON files beside findings.json would make results/ a record folder
+        _touch(root, f"results/x{k}.json")
+    def crash(*_args, **_kwargs):
+        raise RuntimeError("kernel died")  # not a cell error: run_all must still return so findings get written
+
+    monkeypatch.setattr(run_notebooks, "run_one", crash)
+    monkeypatch.setattr(run_notebooks, "check_kernel", lambda *a: None)
+    monkeypatch.setattr(run_notebooks, "check_param_files", lambda *a: None)
+    monkeypatch.setattr(run_notebooks.profiles, "read_param_file", lambda *a: {})
+    monkeypatch.setattr(sys, "argv", ["run_notebooks.py", "00"])
+    with pytest.raises(SystemExit, match="FAILED 00_packing_explained.ipynb: RuntimeError: kernel died"):
+        run_notebooks.main()
+    entries = json.loads((root / "results" / "findings.json").read_text())
+    assert len(entries) == 7 and not any(e["holds"] for e in entries)
+    index = (root / "INDEX.md").read_text()
+    summary = index[index.index("## Summary results"):index.index("## Record folders")]
+    assert "| [`results/findings.json`](results/findings.json) |" in summary and "`run_notebooks`" in summary
+    out = capsys.readouterr().out
+    assert "| finding | paper | cpu profile | holds |" in out and re.search(r"^00_packing_explained +FAILED", out, re.M)
+
+
 @pytest.mark.slow
 def test_run_all_stops_at_a_failure_records_times_and_tables(tmp_path, monkeypatch, project_kernel, capsys):
     notebooks, configs, root = tmp_path / "notebooks", tmp_path / "configs", tmp_path / "outputs"
