@@ -114,3 +114,14 @@ def test_speed_tables_by_hand():
     assert fig5.loc["sim", "w2_check"].startswith("OUTSIDE") and fig5.loc["sim", "naive/packing"] == pytest.approx(2.5)
     del speed["methods"]["sorted"]  # a method not run cannot pass
     assert reports.speed_check(speed)["within_tolerance"].tolist() == [False, True, False]
+
+
+def test_contended_ranks_share_the_machine_by_hand():
+    # one core's worth for two ranks needing 1 s and 3 s alone: both at half speed until t = 2 (rank 0 done),
+    # then rank 1's last 2 s alone -> finishes at 4; idle 2 of 2 x 4 rank-seconds
+    model = S.CostModel(a=0.0, b=1.0, c=0.0, cores=1.0)
+    assert model.contended([1.0, 3.0]).tolist() == [2.0, 4.0]
+    assert model.contended([3.0, 1.0]).tolist() == [4.0, 2.0]
+    assert S.predict_run([[], [[(1, 0), (3, 0)]]], model) == {"seconds": 4.0, "idle_fraction": 0.25}
+    # enough cores: each rank runs alone-speed
+    assert S.CostModel(0.0, 1.0, 0.0, cores=2.0).contended([1.0, 3.0]).tolist() == [1.0, 3.0]

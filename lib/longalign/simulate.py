@@ -335,10 +335,26 @@ class CostModel:
     step_s: float = 0.0
     allreduce_s: float = 0.0
     n_points: int = 0
+    cores: float = float("inf")  # ranks the machine runs at full speed at once (parallel_capacity); inf: every rank its own
+
 
     def micro_seconds(self, positions, attention) -> np.ndarray:
         """Predicted compute seconds of micro-steps with these positions and attention units."""
         return self.a + self.b * np.asarray(positions, dtype=np.float64) + self.c * np.asarray(attention, dtype=np.float64)
+
+    def contended(self, work) -> np.ndarray:
+        """Finish time of each rank of one micro-step whose ranks need ``work`` seconds each when running alone.
+
+        While m ranks compute at once each runs ``max(1, m / cores)`` times slower (they share the
+        machine); once a rank is done the others speed up. With ``cores`` >= ranks this is ``work``.
+        """
+        work = np.asarray(work, dtype=np.float64)
+        order, finish = np.argsort(work), np.zeros(len(work))
+        clock, done = 0.0, 0.0
+        for k, rank in enumerate(order):  # ranks order[k:] are still computing
+            clock += (work[rank] - done) * max(1.0, (len(work) - k) / self.cores)
+            finish[rank], done = clock, work[rank]
+        return finish
 
 
 def micro_features(lengths, packed: bool) -> tuple[int, int]:
@@ -357,13 +373,14 @@ def _micro_points(rec: dict, skip: int) -> np.ndarray:
     return np.concatenate(rows) if rows else np.zeros((0, 3))
 
 
-def fit_cost_model(run_records, comm_records=(), skip: int = 1) -> CostModel:
+def fit_cost_model(run_records, comm_records=(), cores: float = float("inf"), skip: int = 1) -> CostModel:
     """Least-squares (non-negative) ``a, b, c`` and per-step ``step_s`` from single-process run records.
 
     Every micro-step after the first ``skip`` steps (warm-up) of every record is one point;
     ``step_s`` is the median per-step time outside the micro-steps. ``comm_records``
     (multi-process runs) give ``allreduce_s``, the median measured gradient all-reduce per step:
-    a single process has none to measure; their compute times are not used.
+    a single process has none to measure; their compute times are not used. ``cores`` is carried
+    into the model (measure it with :func:`parallel_capacity`).
     """
     from scipy.optimize import nnls  # the terms are costs: a negative fit would be noise, not physics
 
@@ -379,7 +396,7 @@ def fit_cost_model(run_records, comm_records=(), skip: int = 1) -> CostModel:
     rest = [r["step_s"] - sum(r["compute_s"]) for rec in singles for r in rec["log"][skip:]]
     comm = [max(r["comm_s"]) for rec in comm_records for r in rec["log"][skip:]]
     return CostModel(float(a), float(b / scale[0]), float(c / scale[1]), float(np.median(rest)),
-                     float(np.median(comm)) if comm else 0.0, len(pts))
+                     float(np.median(comm)) if comm else 0.0, len(pts), float(cores))
 
 
 def _sampler_steps(sampler, grad_accum: int, steps: int) -> list[list[Any]]:
@@ -429,7 +446,7 @@ def predict_run(run, cost_model: CostModel, world_size: int | None = None, lengt
     ``run``: a schedule (step → micro-step → rank → (positions, attention)) or a run record, replayed
     from its config and ``lengths`` (:func:`replay_schedule`; its logged schedule without them).
     Ranks meet after every micro-step (``sync_micro_steps``), so a micro-step lasts as long as its
-    slowest rank; each step adds ``step_s`` and, on several ranks, ``allreduce_s``. ``idle_fraction``
+    slowest rank (ranks computing at once share ``cost_model.cores``, :meth:`CostModel.contended`); each step adds ``step_s`` and, on several ranks, ``allreduce_s``. ``idle_fraction``
     = waiting share of rank time, as measured (wait / (wait + compute)).
     """
     if isinstance(run, dict):
@@ -439,7 +456,7 @@ def predict_run(run, cost_model: CostModel, world_size: int | None = None, lengt
     total, busy, idle, world = 0.0, 0.0, 0.0, 1
     for step in run[skip:]:
         for micro in step:
-            cost = cost_model.micro_seconds(*np.asarray(micro, dtype=np.float64).T)
+            cost = cost_model.contended(cost_model.micro_seconds(*np.asarray(micro, dtype=np.float64).T))
             world = len(cost)
             total, busy, idle = total + cost.max(), busy + cost.sum(), idle + (cost.max() - cost).sum()
         total += cost_model.step_s + (cost_model.allreduce_s if world > 1 else 0.0)
@@ -466,3 +483,35 @@ def speed_record(multi_records, cost_model: CostModel, lengths, seed: int, skip:
         methods[rec["method"]] = {"measured_s": meas["seconds"], "measured_idle": meas["idle_fraction"],
                                   "simulated_s": sim["seconds"], "simulated_idle": sim["idle_fraction"]}
     return {"world_size": int(multi_records[0]["world_size"]) if multi_records else 0, "seed": int(seed), "methods": methods}
+
+
+_PROBE = """
+import sys, time, torch
+torch.set_num_threads(1)
+x, w = torch.randn(1024, 256), torch.randn(256, 1024)
+start, n = time.perf_counter(), 0
+while time.perf_counter() - start < {seconds}:
+    (x @ w).sum(); n += 1
+print(n / (time.perf_counter() - start))
+"""
+
+
+def _probe_rates(n: int, seconds: float) -> list[float]:
+    """Single-threaded matmul rates of ``n`` probe processes run at the same time."""
+    import subprocess
+    import sys
+
+    code = _PROBE.format(seconds=seconds)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    return [float(p.communicate()[0]) for p in procs]
+
+
+def parallel_capacity(world_size: int, seconds: float = 3.0) -> float:
+    """How many single-threaded processes this machine runs at full speed at once, now (other load included).
+
+    ``world_size`` x (rate of each of ``world_size`` concurrent probes / rate of one probe alone),
+    capped at ``world_size``: 2.0 on two free cores, ~1.0 when two processes share one core's worth.
+    """
+    alone = _probe_rates(1, seconds)[0]
+    together = float(np.mean(_probe_rates(world_size, seconds)))
+    return min(float(world_size), world_size * together / alone)

@@ -91,6 +91,7 @@ class TrainConfig:
     ce_chunk_size: int = CE_CHUNK_SIZE  # > 0: chunked cross-entropy from hidden states (no [T, V] logits); 0: full logits
     equal_pack_counts: bool = True  # packing*: BFD's pack count with ~equal sequences per pack (keeps the data mixture)
     sorted_grouping: str = "micro_step"  # sorted: shuffled groups of one micro-step (official) | "step" (whole steps)
+    num_threads: int = 0  # > 0: torch CPU threads while training (1 = one core per process, as each rank of a 2-core launch)
 
     def name(self) -> str:
         """The run name: ``output_name`` or ``{method}-seed{seed}``."""
@@ -525,7 +526,8 @@ def run_training(cfg: TrainConfig, dataset=None, overwrite: bool = False) -> dic
     trainer = LongAlignTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                cfg=cfg, lengths=lengths, pad_id=pad_id)
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
+    with _torch_threads(cfg.num_threads):
+        trainer.train(resume_from_checkpoint=resume)
     train_s = time.perf_counter() - t0
     _final_checkpoint(trainer, out_dir)
     rec = _make_record(cfg, trainer, out_dir, train_s, lengths) if is_main() else {}
@@ -533,6 +535,18 @@ def run_training(cfg: TrainConfig, dataset=None, overwrite: bool = False) -> dic
         records.write_record(rec_path, rec)
     barrier()
     return rec if is_main() else records.read_record(rec_path)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Train with ``n`` torch CPU threads (0: leave as is), restoring the caller's count afterwards."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _finished_record(cfg: TrainConfig, rec_path: Path) -> dict[str, Any]:
