@@ -125,3 +125,8 @@ def test_contended_ranks_share_the_machine_by_hand():
     assert S.predict_run([[], [[(1, 0), (3, 0)]]], model) == {"seconds": 4.0, "idle_fraction": 0.25}
     # enough cores: each rank runs alone-speed
     assert S.CostModel(0.0, 1.0, 0.0, cores=2.0).contended([1.0, 3.0]).tolist() == [1.0, 3.0]
+
+
+def test_parallel_capacity_is_a_share_of_the_ranks():
+    cap = S.parallel_capacity(2, seconds=0.2)  # probes run and report: a count of full-speed processes
+    assert 0.0 < cap <= 2.0
