@@ -12,6 +12,7 @@ beside the predictions for calibration.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -314,3 +315,203 @@ def fig5_calibration(lengths=None, model: str = "Llama-2-7B-64k", world_size: in
     out["naive_over_packing"] = out["naive_hours"] / out["packing_hours"]
     out["step_overhead_s"] = [0.0, oh["step_s"], float("nan"), need * a_s]
     return out
+
+
+# ----------------------------------------------------------------------------- cost model fitted on this machine
+
+@dataclass
+class CostModel:
+    """Seconds of one micro-step ``a + b·positions + c·attention`` plus fixed per-step costs.
+
+    ``positions``: tokens computed, padding included; ``attention``: Σ L_i² over a pack's segments,
+    B·W² for a padded ``[B, W]`` batch. ``step_s``: per optimizer step outside the micro-steps in one
+    process (optimizer, data, logging); ``allreduce_s``: the gradient all-reduce added per step when
+    more than one process trains.
+    """
+
+    a: float
+    b: float
+    c: float
+    step_s: float = 0.0
+    allreduce_s: float = 0.0
+    n_points: int = 0
+    cores: float = float("inf")  # ranks the machine runs at full speed at once (parallel_capacity); inf: every rank its own
+
+
+    def micro_seconds(self, positions, attention) -> np.ndarray:
+        """Predicted compute seconds of micro-steps with these positions and attention units."""
+        return self.a + self.b * np.asarray(positions, dtype=np.float64) + self.c * np.asarray(attention, dtype=np.float64)
+
+    def contended(self, work) -> np.ndarray:
+        """Finish time of each rank of one micro-step whose ranks need ``work`` seconds each when running alone.
+
+        While m ranks compute at once each runs ``max(1, m / cores)`` times slower (they share the
+        machine); once a rank is done the others speed up. With ``cores`` >= ranks this is ``work``.
+        """
+        work = np.asarray(work, dtype=np.float64)
+        order, finish = np.argsort(work), np.zeros(len(work))
+        clock, done = 0.0, 0.0
+        for k, rank in enumerate(order):  # ranks order[k:] are still computing
+            clock += (work[rank] - done) * max(1.0, (len(work) - k) / self.cores)
+            finish[rank], done = clock, work[rank]
+        return finish
+
+
+def micro_features(lengths, packed: bool) -> tuple[int, int]:
+    """(positions, attention units) of one micro-batch of sequences, as ``train.micro_work`` logs them."""
+    lengths = [int(n) for n in lengths]
+    if packed:
+        return sum(lengths), sum(n * n for n in lengths)
+    width = max(lengths)
+    return len(lengths) * width, len(lengths) * width * width
+
+
+def _micro_points(rec: dict, skip: int) -> np.ndarray:
+    """``[n, 3]`` rows (seconds, positions, attention) of every rank's micro-steps after ``skip`` steps."""
+    rows = [np.stack([np.ravel(r["micro_compute_s"]), np.ravel(r["micro_positions"]), np.ravel(r["micro_attention"])], 1)
+            for r in rec["log"][skip:]]
+    return np.concatenate(rows) if rows else np.zeros((0, 3))
+
+
+def fit_cost_model(run_records, comm_records=(), cores: float = float("inf"), skip: int = 1) -> CostModel:
+    """Least-squares (non-negative) ``a, b, c`` and per-step ``step_s`` from single-process run records.
+
+    Every micro-step after the first ``skip`` steps (warm-up) of every record is one point;
+    ``step_s`` is the median per-step time outside the micro-steps. ``comm_records``
+    (multi-process runs) give ``allreduce_s``, the median measured gradient all-reduce per step:
+    a single process has none to measure; their compute times are not used. ``cores`` is carried
+    into the model (measure it with :func:`parallel_capacity`).
+    """
+    from scipy.optimize import nnls  # the terms are costs: a negative fit would be noise, not physics
+
+    singles = [r for r in run_records if r.get("world_size", 1) == 1]
+    if not singles:
+        raise ValueError("fit_cost_model needs single-process run records (world_size 1)")
+    pts = np.concatenate([_micro_points(r, skip) for r in singles])
+    if len(pts) < 3:
+        raise ValueError(f"fit_cost_model needs at least 3 logged micro-steps, got {len(pts)}")
+    scale = np.maximum(pts[:, 1:].max(axis=0), 1.0)  # columns of similar size keep nnls well conditioned
+    design = np.column_stack([np.ones(len(pts)), pts[:, 1:] / scale])
+    (a, b, c), _ = nnls(design, pts[:, 0])
+    rest = [r["step_s"] - sum(r["compute_s"]) for rec in singles for r in rec["log"][skip:]]
+    comm = [max(r["comm_s"]) for rec in comm_records for r in rec["log"][skip:]]
+    return CostModel(float(a), float(b / scale[0]), float(c / scale[1]), float(np.median(rest)),
+                     float(np.median(comm)) if comm else 0.0, len(pts), float(cores))
+
+
+def _sampler_steps(sampler, grad_accum: int, steps: int) -> list[list[Any]]:
+    """The first ``steps`` optimizer steps (lists of micro-batches) one rank's sampler yields, epoch by epoch.
+
+    As HF Trainer: an epoch's micro-batches are cut into steps of ``grad_accum``; its last step may be shorter.
+    """
+    out, epoch = [], 0
+    while len(out) < steps:
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        if not batches:
+            raise ValueError("the sampler yields no micro-batch")
+        out += [batches[k:k + grad_accum] for k in range(0, len(batches), grad_accum)]
+        epoch += 1
+    return out[:steps]
+
+
+def replay_schedule(config: dict, lengths, world_size: int, steps: int) -> list[list[list[tuple[int, int]]]]:
+    """Step → micro-step → rank → (positions, attention) of the run ``config`` (a run record's ``config``).
+
+    Built from ``longalign.train.batch_sampler`` on every rank, the sampler the run trained with, so
+    the schedule is the one executed (same seed, batch, grad_accum, world size and steps).
+    """
+    from longalign import train  # heavy (torch, transformers): only the replay needs it
+
+    cfg = train.TrainConfig.from_dict(config)
+    packed = cfg.method in train.PACKED_METHODS
+    lengths = [int(n) for n in lengths]
+    per_rank = [_sampler_steps(train.batch_sampler(lengths, cfg, world_size, r), cfg.grad_accum, steps)
+                for r in range(world_size)]
+    index = (lambda item: item[0]) if packed else (lambda item: item)  # packed samplers yield (index, pack_id)
+    return [[[micro_features([lengths[index(i)] for i in per_rank[r][s][m]], packed) for r in range(world_size)]
+             for m in range(len(per_rank[0][s]))] for s in range(steps)]
+
+
+def logged_schedule(rec: dict) -> list[list[list[tuple[int, int]]]]:
+    """Step → micro-step → rank → (positions, attention) a run record logged (``train.micro_work``)."""
+    return [[[(int(p), int(q)) for p, q in zip(pos, att)] for pos, att in zip(np.transpose(r["micro_positions"]).tolist(),
+                                                                              np.transpose(r["micro_attention"]).tolist())]
+            for r in rec["log"]]
+
+
+def predict_run(run, cost_model: CostModel, world_size: int | None = None, lengths=None, skip: int = 1) -> dict[str, float]:
+    """Predicted seconds and idle share of a run's steps after the first ``skip`` (warm-up) ones.
+
+    ``run``: a schedule (step → micro-step → rank → (positions, attention)) or a run record, replayed
+    from its config and ``lengths`` (:func:`replay_schedule`; its logged schedule without them).
+    Ranks meet after every micro-step (``sync_micro_steps``), so a micro-step lasts as long as its
+    slowest rank (ranks computing at once share ``cost_model.cores``, :meth:`CostModel.contended`); each step adds ``step_s`` and, on several ranks, ``allreduce_s``. ``idle_fraction``
+    = waiting share of rank time, as measured (wait / (wait + compute)).
+    """
+    if isinstance(run, dict):
+        world_size = world_size or run["world_size"]
+        run = replay_schedule(run["config"], lengths, world_size, run["steps"]) if lengths is not None \
+            else logged_schedule(run)
+    total, busy, idle, world = 0.0, 0.0, 0.0, 1
+    for step in run[skip:]:
+        for micro in step:
+            cost = cost_model.contended(cost_model.micro_seconds(*np.asarray(micro, dtype=np.float64).T))
+            world = len(cost)
+            total, busy, idle = total + cost.max(), busy + cost.sum(), idle + (cost.max() - cost).sum()
+        total += cost_model.step_s + (cost_model.allreduce_s if world > 1 else 0.0)
+    return {"seconds": float(total), "idle_fraction": float(idle / (idle + busy)) if idle + busy > 0 else 0.0}
+
+
+def measured_run(rec: dict, skip: int = 1) -> dict[str, float]:
+    """Measured seconds (Σ ``step_s``) and waiting share of rank time of a run's steps after the first ``skip``."""
+    rows = rec["log"][skip:]
+    wait, busy = sum(sum(r["wait_s"]) for r in rows), sum(sum(r["compute_s"]) for r in rows)
+    return {"seconds": float(sum(r["step_s"] for r in rows)), "idle_fraction": wait / (wait + busy) if wait + busy else 0.0}
+
+
+def speed_record(multi_records, cost_model: CostModel, lengths, seed: int, skip: int = 1) -> dict:
+    """The ``results/speed/w{world_size}.json`` record: per method measured vs predicted seconds and idle share.
+
+    Each multi-process run's schedule is replayed from its config (:func:`predict_run`); the first
+    ``skip`` steps (warm-up) are left out of both sides.
+    """
+    multi_records = list(multi_records)
+    methods = {}
+    for rec in multi_records:
+        meas, sim = measured_run(rec, skip), predict_run(rec, cost_model, lengths=lengths, skip=skip)
+        methods[rec["method"]] = {"measured_s": meas["seconds"], "measured_idle": meas["idle_fraction"],
+                                  "simulated_s": sim["seconds"], "simulated_idle": sim["idle_fraction"]}
+    return {"world_size": int(multi_records[0]["world_size"]) if multi_records else 0, "seed": int(seed), "methods": methods}
+
+
+_PROBE = """
+import sys, time, torch
+torch.set_num_threads(1)
+x, w = torch.randn(1024, 256), torch.randn(256, 1024)
+start, n = time.perf_counter(), 0
+while time.perf_counter() - start < {seconds}:
+    (x @ w).sum(); n += 1
+print(n / (time.perf_counter() - start))
+"""
+
+
+def _probe_rates(n: int, seconds: float) -> list[float]:
+    """Single-threaded matmul rates of ``n`` probe processes run at the same time."""
+    import subprocess
+    import sys
+
+    code = _PROBE.format(seconds=seconds)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    return [float(p.communicate()[0]) for p in procs]
+
+
+def parallel_capacity(world_size: int, seconds: float = 3.0) -> float:
+    """How many single-threaded processes this machine runs at full speed at once, now (other load included).
+
+    ``world_size`` x (rate of each of ``world_size`` concurrent probes / rate of one probe alone),
+    capped at ``world_size``: 2.0 on two free cores, ~1.0 when two processes share one core's worth.
+    """
+    alone = _probe_rates(1, seconds)[0]
+    together = float(np.mean(_probe_rates(world_size, seconds)))
+    return min(float(world_size), world_size * together / alone)

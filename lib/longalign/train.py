@@ -91,6 +91,7 @@ class TrainConfig:
     ce_chunk_size: int = CE_CHUNK_SIZE  # > 0: chunked cross-entropy from hidden states (no [T, V] logits); 0: full logits
     equal_pack_counts: bool = True  # packing*: BFD's pack count with ~equal sequences per pack (keeps the data mixture)
     sorted_grouping: str = "micro_step"  # sorted: shuffled groups of one micro-step (official) | "step" (whole steps)
+    num_threads: int = 0  # > 0: torch CPU threads while training (1 = one core per process, as each rank of a 2-core launch)
 
     def name(self) -> str:
         """The run name: ``output_name`` or ``{method}-seed{seed}``."""
@@ -139,6 +140,20 @@ def batch_sampler(lengths: list[int], cfg: TrainConfig, world_size: int, rank: i
     if cfg.method == "naive":
         return batching.RandomBatchSampler(lengths, cfg.per_device_batch, **common)
     return batching.SortedBatchSampler(lengths, cfg.per_device_batch, grouping=cfg.sorted_grouping, **common)
+
+
+def micro_work(batch: dict[str, Any]) -> tuple[int, int]:
+    """(positions computed, attention units) of a collated micro-batch, as ``simulate.micro_features`` counts them.
+
+    A packed row attends within each segment (Σ L_i², from ``cu_seq_lens_q``); a padded ``[B, W]``
+    batch runs stock sdpa over every row's full width (B·W², padding included).
+    """
+    ids = batch["input_ids"]
+    if "cu_seq_lens_q" in batch:
+        seg = batch["cu_seq_lens_q"].to(torch.int64).diff()
+        return ids.numel(), int((seg * seg).sum())
+    rows, width = ids.shape
+    return rows * width, rows * width * width
 
 
 def collate_micro_batch(features: list[dict], packed: bool, pad_id: int) -> dict[str, Any]:
@@ -225,7 +240,8 @@ class LongAlignTrainer(Trainer):
         total = all_reduce_sum(local, self.args.device)
         self._totals = dict(zip(("targets", "sequences", "packs", "tokens", "positions", "micro"), total.tolist()))
         self._micro, self._n_micro = 0, len(batches)
-        self._acc = {"ce": 0.0, "seq": 0.0, "compute": 0.0, "wait": 0.0, "comm": 0.0, "t0": time.perf_counter()}
+        self._acc = {"ce": 0.0, "seq": 0.0, "compute": 0.0, "wait": 0.0, "comm": 0.0, "micro_rows": [],
+                     "t0": time.perf_counter()}
         return batches, None
 
     # -- loss
@@ -255,10 +271,12 @@ class LongAlignTrainer(Trainer):
         Under plain DDP with ``explicit_sync`` gradients are reduced by one explicit all-reduce after
         a timed barrier, and with ``sync_micro_steps`` ranks also meet after every micro-step (as
         ZeRO-3's per-layer gathers force), so wait time is measured, not inferred. The step's row logs
-        the token-mean and sequence-mean loss (whatever the objective), the learning rate and
-        per-rank compute / wait / communication seconds.
+        the token-mean and sequence-mean loss (whatever the objective), the learning rate,
+        per-rank compute / wait / communication seconds and, per rank and micro-step, the compute
+        seconds with the work done (:func:`micro_work`), which ``simulate.fit_cost_model`` fits.
         """
         model.train()
+        work = micro_work(inputs)
         inputs = self._prepare_inputs(inputs)
         explicit = self._explicit(model)
         t0 = time.perf_counter()
@@ -271,6 +289,7 @@ class LongAlignTrainer(Trainer):
                 self._acc["lr"] = self._get_learning_rate()
             self.accelerator.backward(loss, **kwargs)
         self._acc["compute"] += time.perf_counter() - t0
+        self._acc["micro_rows"].append([time.perf_counter() - t0, *work])
         if explicit and (self.cfg.sync_micro_steps or last):
             self._acc["wait"] += self._timed_barrier()
         if explicit and last:
@@ -306,12 +325,17 @@ class LongAlignTrainer(Trainer):
         a, t = self._acc, self._totals
         sums = all_reduce_sum(torch.tensor([a["ce"], a["seq"]], dtype=torch.float64), self.args.device).tolist()
         timing = all_gather_rows(torch.tensor([a["compute"], a["wait"], a["comm"]], dtype=torch.float64), self.args.device)
+        # [rank, micro-step, (seconds, positions, attention)]: ranks run the same number of micro-steps
+        micro = all_gather_rows(torch.tensor(a["micro_rows"], dtype=torch.float64).reshape(-1), self.args.device)
+        micro = micro.reshape(micro.shape[0], -1, 3)
         row = {
             "step": self.state.global_step + 1, "loss_token": sums[0] / max(t["targets"], 1),
             "loss_sequence": sums[1] / max(t["sequences"], 1), "lr": a.get("lr"),
             "targets": int(t["targets"]), "sequences": int(t["sequences"]), "packs": int(t["packs"]),
             "tokens": int(t["tokens"]), "positions": int(t["positions"]), "micro_batches": int(t["micro"]),
             "compute_s": timing[:, 0].tolist(), "wait_s": timing[:, 1].tolist(), "comm_s": timing[:, 2].tolist(),
+            "micro_compute_s": micro[:, :, 0].tolist(), "micro_positions": micro[:, :, 1].astype(int).tolist(),
+            "micro_attention": micro[:, :, 2].astype(int).tolist(),
         }
         self._pending = row  # completed by on_step_end, after the optimizer step
 
@@ -502,7 +526,8 @@ def run_training(cfg: TrainConfig, dataset=None, overwrite: bool = False) -> dic
     trainer = LongAlignTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                cfg=cfg, lengths=lengths, pad_id=pad_id)
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
+    with _torch_threads(cfg.num_threads):
+        trainer.train(resume_from_checkpoint=resume)
     train_s = time.perf_counter() - t0
     _final_checkpoint(trainer, out_dir)
     rec = _make_record(cfg, trainer, out_dir, train_s, lengths) if is_main() else {}
@@ -510,6 +535,18 @@ def run_training(cfg: TrainConfig, dataset=None, overwrite: bool = False) -> dic
         records.write_record(rec_path, rec)
     barrier()
     return rec if is_main() else records.read_record(rec_path)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Train with ``n`` torch CPU threads (0: leave as is), restoring the caller's count afterwards."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _finished_record(cfg: TrainConfig, rec_path: Path) -> dict[str, Any]:
