@@ -4,12 +4,15 @@
 and 06 built for the cpu, paper and test profiles before the parameters were named after TrainConfig
 fields (one map, :func:`longalign.train.config_from_params`); run names and values must not move, so
 existing checkpoints and records stay valid. Paths are stored relative to ``<OUT>`` / ``<ROOT>``.
+After a deliberate change of a profile's runs, ``LONGALIGN_REGEN_FIXTURES=1 pytest tests/test_run_configs.py``
+rewrites the fixture; review its diff before committing.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -73,6 +76,10 @@ def test_profiles_build_the_same_run_configs(profile, out):
     data = [str(train.suite_data(out, p6["suite"]))]
     got["06"] = [_norm(scaling.variant_config(v, data, p6), out) for v in p6["variants"]]
     got["02"] = [_norm(c, out) for c in _notebook02(_params(profile, "02_context_extension"))]
+    if os.environ.get("LONGALIGN_REGEN_FIXTURES"):
+        fixture = Path(__file__).parent / "fixtures" / "train_configs_by_profile.json"
+        fixture.write_text(json.dumps({**json.loads(fixture.read_text()), profile: got}, indent=1, sort_keys=True) + "\n")
+        EXPECTED[profile] = got
     assert got == EXPECTED[profile]
 
 

@@ -151,6 +151,16 @@ def test_notebook03_configs(tmp_path):
     assert (cfgs[0].per_device_batch, cfgs[0].grad_accum) == (1, 12)
     assert (cfgs[1].per_device_batch, cfgs[1].grad_accum) == (2, 1)
     assert cfgs[-1].data[0].endswith("mix-long0.jsonl")
+    assert all(c.save_steps == 0 for c in cfgs)
+    # run_overrides: one run's fields (intermediate checkpoints for the learning-curve run), after method_overrides
+    over = {**params, "run_overrides": {"packing_weighted-seed5": {"save_steps": 1}, "naive-seed6": {"grad_accum": 3}}}
+    by_name = {c.name(): c for c in training_run_configs(over, tmp_path)}
+    assert [n for n, c in by_name.items() if c.save_steps] == ["packing_weighted-seed5"]
+    assert (by_name["naive-seed6"].grad_accum, by_name["naive-seed5"].grad_accum) == (3, 12)
+    with pytest.raises(ValueError, match=r"run_overrides names runs \['packing-seed5'\]"):
+        training_run_configs({**params, "run_overrides": {"packing-seed5": {"save_steps": 1}}}, tmp_path)
+    with pytest.raises(ValueError, match=r"run_overrides\['naive-seed5'\] has keys \['save_every'\]"):
+        training_run_configs({**params, "run_overrides": {"naive-seed5": {"save_every": 1}}}, tmp_path)
 
 
 def test_packing_is_refused_for_chatglm_before_any_loading(tmp_path, outputs):

@@ -762,12 +762,16 @@ def config_from_params(params: dict[str, Any], outputs_root: Path | None = None,
 
 def method_settings(params: dict[str, Any], method: str) -> dict[str, Any]:
     """``params["method_overrides"][method]`` (TrainConfig fields only; a ``None`` grad_accum is derived later)."""
-    overrides = dict((params.get("method_overrides") or {}).get(method) or {})
+    return _overrides(params, "method_overrides", method)
+
+
+def _overrides(params: dict[str, Any], key: str, name: str) -> dict[str, Any]:
+    """``params[key][name]``, refused (naming both) when a key is not a TrainConfig field."""
+    overrides = dict((params.get(key) or {}).get(name) or {})
     known = {f.name for f in fields(TrainConfig)}
     bad = sorted(set(overrides) - known)
     if bad:
-        raise ValueError(f"method_overrides[{method!r}] has keys {bad} that are not TrainConfig fields; "
-                         f"known: {sorted(known)}")
+        raise ValueError(f"{key}[{name!r}] has keys {bad} that are not TrainConfig fields; known: {sorted(known)}")
     return overrides
 
 
@@ -777,7 +781,8 @@ def training_run_configs(params: dict[str, Any], outputs_root: Path) -> list[Tra
     Each method's run is :func:`config_from_params` of the parameters with ``method_overrides[method]``
     over them (e.g. ``{"naive": {"grad_accum": 12, "max_len": 57344}}``: the paper's GA 12 and, for
     ChatGLM, 56k naive / sorted data, footnote 5). A naive / sorted ``grad_accum: None`` is derived
-    here (:func:`derive_naive_grad_accum`), for the notebook and scripts/train.py alike.
+    here (:func:`derive_naive_grad_accum`), for the notebook and scripts/train.py alike. ``run_overrides``
+    (run name -> TrainConfig fields) comes last, e.g. intermediate checkpoints for the learning-curve run only.
     """
     seeds = [params.get("seed", 0) + k for k in range(params.get("num_seeds", 1))]
     settings = {m: method_settings(params, m) for m in {*params["methods"], "packing_weighted"}}
@@ -791,9 +796,13 @@ def training_run_configs(params: dict[str, Any], outputs_root: Path) -> list[Tra
     runs = [(m, s, params["suite"], "") for s in seeds for m in params["methods"]]
     runs += [("packing_weighted", s, suite, f"{suite}-") for suite in params.get("suites", [])
              if suite != params["suite"] for s in seeds]
-    return [config_from_params(params, outputs_root, **settings[m], method=m, seed=s,
-                               data=[str(suite_data(outputs_root, suite))], output_name=f"{prefix}{m}-seed{s}")
-            for m, s, suite, prefix in runs]
+    names = {f"{prefix}{m}-seed{s}" for m, s, _, prefix in runs}
+    unknown = sorted(set(params.get("run_overrides") or {}) - names)
+    if unknown:  # a mistyped run name would silently change nothing
+        raise ValueError(f"run_overrides names runs {unknown} that this recipe does not train; runs: {sorted(names)}")
+    return [config_from_params(params, outputs_root, **{**settings[m], **_overrides(params, "run_overrides", name)},
+                               method=m, seed=s, data=[str(suite_data(outputs_root, suite))], output_name=name)
+            for m, s, suite, prefix in runs for name in [f"{prefix}{m}-seed{s}"]]
 
 
 def derive_naive_grad_accum(params: dict[str, Any], outputs_root: Path, per_device_batch: int | None = None) -> int:
