@@ -7,9 +7,9 @@ thresholds are the module constants printed into that text. Missing records neve
 gets ``holds: false`` and ``missing`` (what is missing and which notebook writes it); a rule that
 needs a seed spread and has fewer than two seeds says so in ``note`` and does not hold. The main job
 (``scripts/run_notebooks.py``) writes every entry to ``outputs/results/findings.json``
-(:func:`write_findings`) and prints :func:`markdown_table`; a notebook shows its own entry as tables with
-:func:`arms_frame` (values per arm and seed) and :func:`verdict_frame` (paper, ours, rule, holds). Spread = max − min over seeds of an
-arm's value; the value of an arm is the mean over its seeds.
+(:func:`write_findings`) and prints :func:`markdown_table`; a notebook shows its own entry as tables
+with :func:`arms_frame` (values per arm and seed) and :func:`verdict_frame` (paper, ours, rule, holds).
+Spread = max − min over seeds of an arm's value; the value of an arm is the mean over its seeds.
 """
 
 from __future__ import annotations
