@@ -200,7 +200,7 @@ def _context(seed: int | None, before: float, after: float, same: float) -> None
                           ("after-same-base", same)):
         rec = {"variant": variant, "model": "m", "eval_len": 2048, "short_len": 256, "windows": 6,
                "loss_short": 3.0, "loss_long": loss, "bins": [[1.0, 3.0]]}
-        name = variant if seed is None else f"seed{seed}/{variant}"
+        name = variant if seed is None else f"{variant}-seed{seed}"  # notebook 02's record names
         write_record(paths.results_dir("context") / f"{name}.json", rec if seed is None else {**rec, "seed": seed})
 
 
@@ -223,6 +223,25 @@ def test_f5_two_seeds_hold_and_fail(out):
 
 def test_f5_missing(out):
     assert "notebook 02" in findings.f5_context(out)["missing"]
+    assert findings.arms_frame(findings.f5_context(out)).empty
+
+
+def test_f5_old_single_seed_records_take_the_seed_of_the_run(out):
+    _context(None, before=6.0, after=4.0, same=4.5)
+    write_record(paths.outputs() / "runs" / "ctx-long-rope.json", {"seed": 3})
+    assert findings.f5_context(out)["ours"]["variants"]["extended"]["per_seed"] == {"seed3": 4.0}
+
+
+def test_arms_and_verdict_frames(out):
+    _context(0, before=6.0, after=4.0, same=4.5)
+    _context(1, before=6.2, after=4.1, same=4.4)
+    entry = findings.f5_context(out)
+    arms = findings.arms_frame(entry)
+    assert list(arms.columns) == ["seed0", "seed1", "mean", "spread"]
+    assert arms.loc["extended", "seed1"] == 4.1 and arms.loc["no_extension", "spread"] == pytest.approx(0.2)
+    assert arms.loc["base_change_only", "mean"] == pytest.approx(7.1)
+    verdict = findings.verdict_frame(entry)["value"]
+    assert verdict["holds"] == "True" and verdict["rule"] == entry["rule"] and "note" not in verdict
 
 
 # ----------------------------------------------------------------------------------------------- finding 6

@@ -191,7 +191,7 @@ def test_final_checkpoints_skip_pretraining_runs(tmp_path, monkeypatch):
     from longalign.records import write_record
 
     monkeypatch.setenv("LONGALIGN_OUTPUTS", str(tmp_path))
-    for name, method in (("packing_weighted-seed0", "packing_weighted"), ("ctx-short", "pretrain"),
+    for name, method in (("packing_weighted-seed0", "packing_weighted"), ("ctx-short-seed0", "pretrain"),
                          ("packing_weighted-seed1", "packing_weighted")):
         (tmp_path / "runs" / name / "checkpoint-4").mkdir(parents=True)
         (tmp_path / "runs" / name / "checkpoint-2").mkdir(parents=True)

@@ -317,7 +317,7 @@ def test_paper_profile_end_to_end(tmp_path, paper_api, monkeypatch):
     assert anthropic and {r["model"] for r in anthropic} == {"claude-2.1"}
     assert all((outputs / "data" / f"mix-{s}.jsonl").is_file() for s in sharegpt.SUITES)
     # 02 / 03 / 06: DeepSpeed ZeRO-3 + CPU offload, 2 processes, bf16
-    check_training_records(outputs, ["ctx-long-rope"])  # same_base_ablation is off in the paper profile
+    check_training_records(outputs, ["ctx-long-rope-seed0"])  # one seed, and same_base_ablation is off in the paper profile
     paper03 = config.load_profile("paper")["03_training_methods"]
     runs03 = [f"{m}-seed0" for m in paper03["methods"]] + [f"{s}-packing_weighted-seed0" for s in paper03["suites"]
                                                            if s != paper03["suite"]]

@@ -46,19 +46,21 @@ def out(tmp_path, monkeypatch):
 
 
 def _notebook02(p: dict) -> list[train.TrainConfig]:
-    """The TrainConfigs notebook 02 builds (its cells 2, 7 and 9)."""
+    """The TrainConfigs notebook 02 builds (its cells 2, 7, 9 and 10), seed by seed."""
     released = p["released_base"] is not None
     long_steps = p["long_steps"] if released else context.long_steps_for(
         p["long_steps"], p["long_tokens"], p["long_len"], p["long_batch"], p["launch_nproc"])
-    cfgs = []
-    if p["base_model"] == "tiny" and not released:
-        cfgs.append(train.config_from_params(p, method="pretrain", model="tiny", output_name="ctx-short",
-                                             max_len=p["short_len"], max_steps=p["short_steps"],
-                                             per_device_batch=p["short_batch"], max_position=p["short_len"]))
+    seeds = [] if released else [p["seed"] + k for k in range(p["num_seeds"])]
+    cfgs = [train.config_from_params({**p, "seed": s, "learning_rate": p["short_learning_rate"]}, method="pretrain",
+                                     model="tiny", output_name=f"ctx-short-seed{s}",
+                                     max_len=p["short_len"], max_steps=p["short_steps"],
+                                     per_device_batch=p["short_batch"], max_position=p["short_len"])
+            for s in (seeds if p["base_model"] == "tiny" else [])]
     variants = [] if released else ["rope"] + (["same-base"] if p["same_base_ablation"] else [])
-    return cfgs + [train.config_from_params(p, method="pretrain", model=str(paths.models_dir() / f"ctx-start-{v}"),
-                                            output_name=f"ctx-long-{v}", max_len=p["long_len"], max_steps=long_steps,
-                                            per_device_batch=p["long_batch"]) for v in variants]
+    return cfgs + [train.config_from_params({**p, "seed": s}, method="pretrain",
+                                            model=str(paths.models_dir() / f"ctx-start-{v}-seed{s}"),
+                                            output_name=f"ctx-long-{v}-seed{s}", max_len=p["long_len"], max_steps=long_steps,
+                                            per_device_batch=p["long_batch"]) for s in seeds for v in variants]
 
 
 @pytest.mark.parametrize("profile", config.PROFILES)

@@ -7,8 +7,9 @@ thresholds are the module constants printed into that text. Missing records neve
 gets ``holds: false`` and ``missing`` (what is missing and which notebook writes it); a rule that
 needs a seed spread and has fewer than two seeds says so in ``note`` and does not hold. The main job
 (``scripts/run_notebooks.py``) writes every entry to ``outputs/results/findings.json``
-(:func:`write_findings`) and prints :func:`markdown_table`. Spread = max − min over seeds of an
-arm's value; the value of an arm is the mean over its seeds.
+(:func:`write_findings`) and prints :func:`markdown_table`; a notebook shows its own entry as tables
+with :func:`arms_frame` (values per arm and seed) and :func:`verdict_frame` (paper, ours, rule, holds).
+Spread = max − min over seeds of an arm's value; the value of an arm is the mean over its seeds.
 """
 
 from __future__ import annotations
@@ -377,7 +378,7 @@ def f5_context(out: Path) -> dict[str, Any]:
     need = [a for a in ("extended", "no_extension") if a not in arms]
     if need:
         return _entry("f5", finding, paper, rule, {"variants": arms}, False, "no context records",
-                      f"outputs/results/context/{{{','.join(CONTEXT_ARMS[a] for a in need)}}}.json (notebook 02)")
+                      f"outputs/results/context/{{{','.join(CONTEXT_ARMS[a] for a in need)}}}-seed{{s}}.json (notebook 02)")
     gain, margin = _gain(arms, "no_extension", "extended")
     same = _gain(arms, "same_base", "extended") if "same_base" in arms else (None, None)
     few = _few_seeds(arms, ("extended", "no_extension"))
@@ -386,16 +387,17 @@ def f5_context(out: Path) -> dict[str, Any]:
             "beats_same_base": None if same[0] is None or few else same[0] > same[1]}
     summary = (f"loss beyond short_len: extended {_fmt(arms['extended']['mean'], 3)}, none "
                f"{_fmt(arms['no_extension']['mean'], 3)}, same base "
-               f"{_fmt(arms.get('same_base', {}).get('mean'), 3)}")
+               f"{_fmt(arms.get('same_base', {}).get('mean'), 3)}; gain vs none {_fmt(gain, 3)} (margin {_fmt(margin, 3)})")
     return _entry("f5", finding, paper, rule, ours, few is None and gain > margin, summary, note=few)
 
 
 def _context_arms(out: Path) -> dict[str, dict[str, Any]]:
-    """Arm → loss_long per seed from ``results/context/{variant}.json`` (seed from the record, else notebook 02's run)."""
+    """Arm → loss_long per seed from ``results/context/{variant}-seed{s}.json`` (seed from the record, else notebook 02's run)."""
     df = _records(out / "results" / "context")
     if df.empty or "variant" not in df:
         return {}
-    default = _run_seed(out, "ctx-long-rope")
+    # records without a seed predate notebook 02's seeds: the seed of its (then only) extended run
+    default = _run_seed(out, "ctx-long-rope-seed0", _run_seed(out, "ctx-long-rope"))
     arms = {}
     for arm, variant in CONTEXT_ARMS.items():
         rows = df[df["variant"] == variant]
@@ -473,6 +475,31 @@ def f7_scaling(out: Path) -> dict[str, Any]:
     summary = f"{key} by params: " + ", ".join(f"{p}: {_fmt(a['mean'], 3)}" for p, a in arms.items())
     note = None if len(means) >= 2 else "needs >= 2 model sizes"
     return _entry("f7", finding, paper, rule, ours, holds, summary, note=note)
+
+
+# ----------------------------------------------------------------------------------------------- tables
+
+
+def _arm_groups(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The first ``ours`` value that maps arm → :func:`arm_stats` (variants, suites, methods, sizes), else {}."""
+    for value in entry.get("ours", {}).values():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) and "per_seed" in v for v in value.values()):
+            return value
+    return {}
+
+
+def arms_frame(entry: dict[str, Any]) -> pd.DataFrame:
+    """One row per arm of a finding entry: arm, the value of each seed, mean, spread (max − min over seeds)."""
+    rows = [{"arm": arm, **st["per_seed"], "mean": st["mean"], "spread": st["spread"]}
+            for arm, st in _arm_groups(entry).items()]
+    return pd.DataFrame(rows, columns=None if rows else ["arm", "mean", "spread"]).set_index("arm")
+
+
+def verdict_frame(entry: dict[str, Any]) -> pd.DataFrame:
+    """A finding entry as a two-column table (field, value): finding, paper, ours, rule, holds, missing / note if any."""
+    fields = {"finding": entry["finding"], "paper": entry["paper"], "ours": entry["summary"], "rule": entry["rule"],
+              "holds": entry["holds"], **{k: entry[k] for k in ("missing", "note") if entry.get(k)}}
+    return pd.DataFrame({"value": [str(v) for v in fields.values()]}, index=pd.Index(list(fields), name="field"))
 
 
 # ----------------------------------------------------------------------------------------------- all findings
