@@ -45,3 +45,27 @@ def test_plot_scaling_from_records():
     xs = fig.axes[0].lines[0].get_xdata()
     assert list(xs) == [1e6, 2e6] and fig.axes[0].get_xscale() == "log"
     plt.close(fig)
+
+
+def test_seeded_variants_names_and_seeds():
+    from longalign.eval.scaling import seeded_variants
+
+    got = seeded_variants([{"name": "h128", "hidden": 128}, {"name": "b", "hidden": 64, "seed": 7}], seed=3, num_seeds=2)
+    assert [(v["name"], v["seed"]) for v in got] == [("h128", 3), ("b", 7), ("h128-seed4", 4), ("b-seed8", 8)]
+    assert all(v["hidden"] in (128, 64) for v in got)
+    assert [v["name"] for v in seeded_variants([{"name": "x"}], 0, 1)] == ["x"]  # one seed: names unchanged
+    with pytest.raises(ValueError, match="num_seeds"):
+        seeded_variants([{"name": "x"}], 0, 0)
+
+
+def test_scaling_figure_averages_seeds():
+    import pandas as pd
+
+    from longalign.plots.scaling import plot_scaling
+
+    df = pd.DataFrame({"name": ["a", "a-seed1", "b"], "params": [10, 10, 30], "final_loss_token": [5.0, 6.0, 4.0],
+                       "heldout_loss_token": [5.5, 6.5, 4.5], "qa_score": [1.0, 1.0, 2.0]})
+    fig = plot_scaling(df)
+    lines = fig.axes[0].get_lines()
+    assert list(lines[1].get_ydata()) == [6.0, 4.5]  # held-out loss: one point per size, the mean over seeds
+    assert [t.get_text() for t in fig.axes[0].texts] == ["a (n=2)", "b (n=1)"]

@@ -416,8 +416,8 @@ def f6_curves(out: Path) -> dict[str, Any]:
     """Finding 6 (Fig. 6): long and short task curves both rise fast, then plateau."""
     rule = (f"notebook 05's curves ({CURVE_METRIC}, relative to the final checkpoint, EMA {CURVE_EMA_WEIGHT:g} as in its "
             f"figure), every run: >= {CURVE_MIN_CHECKPOINTS} checkpoints, and for both tasks (long, short) the EMA "
-            f"value improves from the first to the last checkpoint and first reaches {CURVE_REACH:.0%} of its final "
-            f"value at a step <= {CURVE_PLATEAU_BY:.0%} of the last step")
+            f"value improves from the first to the last checkpoint and has made {CURVE_REACH:.0%} of that gain at a "
+            f"step <= {CURVE_PLATEAU_BY:.0%} of the last step (rise, then plateau)")
     paper = "both curves rise fast over 0-500 steps, then rise slowly and are stable after ~1000 of ~1800 steps (Fig. 6)"
     finding = "Long- and short-task learning curves are alike: fast rise, then plateau"
     df = _curve_records(out)
@@ -433,7 +433,7 @@ def f6_curves(out: Path) -> dict[str, Any]:
     runs = {run: _run_curves(g, df[df["run"] == run]["step"].nunique()) for run, g in frame.groupby("run")}
     holds = all(r["ok"] for r in runs.values())
     summary = "; ".join(f"{run}: {r['checkpoints']} ckpts, " + ", ".join(
-        f"{t} 90% at {c['step_reach']}/{c['last_step']}" for t, c in r["tasks"].items()) for run, r in runs.items())
+        f"{t} 90% of gain at step {c['step_reach']}/{c['last_step']}" for t, c in r["tasks"].items()) for run, r in runs.items())
     return _entry("f6", finding, paper, rule, {"metric": CURVE_METRIC, "runs": runs}, holds, summary)
 
 
@@ -442,7 +442,8 @@ def _run_curves(frame: pd.DataFrame, checkpoints: int) -> dict[str, Any]:
     tasks = {}
     for task, g in frame.sort_values("step").groupby("task"):
         ema, steps = g["relative_ema"].tolist(), g["step"].astype(int).tolist()
-        reach = next((s for s, v in zip(steps, ema) if v >= CURVE_REACH * ema[-1]), steps[-1])
+        # 90 % of the gain from the first checkpoint, not of the final value: a relative NLL curve starts near 1
+        reach = next((s for s, v in zip(steps, ema) if v - ema[0] >= CURVE_REACH * (ema[-1] - ema[0])), steps[-1])
         tasks[task] = {"first": ema[0], "last": ema[-1], "improves": ema[-1] > ema[0], "step_reach": reach,
                        "last_step": steps[-1], "early": reach <= CURVE_PLATEAU_BY * steps[-1]}
     ok = checkpoints >= CURVE_MIN_CHECKPOINTS and {"long", "short"} <= tasks.keys() and all(
@@ -452,29 +453,42 @@ def _run_curves(frame: pd.DataFrame, checkpoints: int) -> dict[str, Any]:
 
 def f7_scaling(out: Path) -> dict[str, Any]:
     """Finding 7 (Table 4): the recipe scales: the long-task metric improves with model size."""
-    rule = ("notebook 06's long-task metric (qa_score, higher is better; held-out heldout_loss_token, lower is better, "
-            "when a record has no score), mean over seeds per model size (params): the largest model beats the "
-            "smallest, and each larger size is at least as good as the next smaller one (monotone)")
+    rule = ("notebook 06's held-out long-QA loss (heldout_loss_token, lower is better; its overlap qa_score is "
+            "reported beside it), mean over seeds per model size (params): the largest model beats the smallest by "
+            "more than the larger seed spread of the two (needs >= 2 seeds), and no larger size is worse than the "
+            "next smaller one (monotone)")
     paper = "Llama-2-13B-64k LongBench-Chat 6.79 vs 6.10 for 7B (+~10 %, Table 4 vs Table 3)"
     finding = "LongAlign scales to larger models"
     df = _records(out / "results" / "scaling")
     if df.empty or "params" not in df:
         return _entry("f7", finding, paper, rule, {}, False, "no scaling records",
                       "outputs/results/scaling/{name}.json (notebook 06)")
-    key = "qa_score" if "qa_score" in df and df["qa_score"].notna().all() else "heldout_loss_token"
-    higher = key == "qa_score"
+    sizes, qa = _scaling_arms(out, df)
+    arms = {str(p): arm_stats(v) for p, v in sorted(sizes.items())}
+    means = [a["mean"] for a in arms.values()]
+    monotone = all(b <= a for a, b in zip(means, means[1:]))
+    first, last = (list(arms.values())[i] for i in (0, -1)) if arms else ({}, {})
+    gain = means[0] - means[-1] if len(means) >= 2 else 0.0
+    margin = max(first.get("spread", 0.0), last.get("spread", 0.0))
+    note = "needs >= 2 model sizes" if len(means) < 2 else _few_seeds(arms, list(arms))
+    holds = note is None and gain > margin and monotone
+    ours = {"metric": "heldout_loss_token", "higher_is_better": False, "sizes": arms, "monotone": monotone,
+            "gain_largest_vs_smallest": gain, "margin": margin,
+            "qa_score": {str(p): arm_stats(v) for p, v in sorted(qa.items())}}
+    summary = "held-out loss by params: " + ", ".join(f"{p}: {_fmt(a['mean'], 3)}" for p, a in arms.items())
+    return _entry("f7", finding, paper, rule, ours, holds, summary, note=note)
+
+
+def _scaling_arms(out: Path, df: pd.DataFrame) -> tuple[dict[int, dict[int, float]], dict[int, dict[int, float]]]:
+    """params -> seed -> held-out loss, and the same for the overlap qa_score (where recorded)."""
     sizes: dict[int, dict[int, float]] = {}
+    qa: dict[int, dict[int, float]] = {}
     for _, r in df.iterrows():
         seed = int(r["seed"]) if "seed" in r and pd.notna(r["seed"]) else _run_seed(out, str(r.get("run", "")))
-        sizes.setdefault(int(r["params"]), {})[seed] = float(r[key])
-    arms = {str(p): arm_stats(v) for p, v in sorted(sizes.items())}
-    means = [a["mean"] if higher else -a["mean"] for a in arms.values()]  # larger = better from here on
-    monotone = all(b >= a for a, b in zip(means, means[1:]))
-    holds = len(means) >= 2 and means[-1] > means[0] and monotone
-    ours = {"metric": key, "higher_is_better": higher, "sizes": arms, "monotone": monotone}
-    summary = f"{key} by params: " + ", ".join(f"{p}: {_fmt(a['mean'], 3)}" for p, a in arms.items())
-    note = None if len(means) >= 2 else "needs >= 2 model sizes"
-    return _entry("f7", finding, paper, rule, ours, holds, summary, note=note)
+        sizes.setdefault(int(r["params"]), {})[seed] = float(r["heldout_loss_token"])
+        if "qa_score" in r and pd.notna(r["qa_score"]):
+            qa.setdefault(int(r["params"]), {})[seed] = float(r["qa_score"])
+    return sizes, qa
 
 
 # ----------------------------------------------------------------------------------------------- tables

@@ -31,6 +31,14 @@ def variant_config(variant: dict[str, Any], data: list[str], defaults: dict[str,
     return config_from_params(defaults, **fixed, data=list(data), output_name=f"scale-{variant['name']}")
 
 
+def seeded_variants(variants: list[dict[str, Any]], seed: int, num_seeds: int) -> list[dict[str, Any]]:
+    """Each variant once per seed ``seed .. seed+num_seeds-1``; the first seed keeps the variant's name, others get ``-seed{s}``."""
+    if num_seeds < 1:
+        raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
+    return [{**v, "seed": v.get("seed", seed) + k, "name": v["name"] if k == 0 else f"{v['name']}-seed{v.get('seed', seed) + k}"}
+            for k in range(num_seeds) for v in variants]
+
+
 def count_parameters(path: str | Path) -> int:
     """Number of parameters of a saved checkpoint (tied embeddings counted once)."""
     from transformers import AutoModelForCausalLM
@@ -59,7 +67,7 @@ def evaluate_variant(name: str, run: dict[str, Any], heldout, qa_items: list[dic
     qa, rows = curves.score_items(model, tokenizer, qa_items, max_new_tokens=qa_max_new_tokens) if qa_items else (None, [])
     return {"name": name, "run": run["name"], "method": run["method"], "max_len": run["config"]["max_len"],
             "eval_max_len": max_len,
-            "model": run["config"]["model"], "model_overrides": run["config"].get("model_overrides", {}),
+            "seed": run["seed"], "model": run["config"]["model"], "model_overrides": run["config"].get("model_overrides", {}),
             "params": count_parameters(ckpt), "steps": run["steps"], "tokens": run["tokens"],
             "train_wall_s": run["wall_s"], "final_loss_token": run["final_loss_token"],
             "final_loss_sequence": run["final_loss_sequence"], "heldout_loss_token": held["loss_token"],
