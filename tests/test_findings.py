@@ -97,15 +97,28 @@ def test_f1_missing_needle_records(out):
 
 
 def test_f2_prefers_notebook_07_scores(out):
-    _judged("heldout_longqa", findings.suite_run("long10", 0), good=True)
-    _judged("heldout_longqa", findings.suite_run("longalpaca", 0), good=False)
+    for s in (0, 1):
+        _judged("heldout_longqa", findings.suite_run("long10", s), good=True)
+        _judged("heldout_longqa", findings.suite_run("longalpaca", s), good=False)
     entry = findings.f2_diversity(out)
     assert entry["holds"] is True and "heldout_longqa/overlap" in entry["ours"]["metric"]
     assert entry["ours"]["suites"]["long10"]["mean"] == 10.0 and entry["ours"]["suites"]["longalpaca"]["mean"] == 1.0
+    assert entry["ours"]["gain"] == 9.0 and entry["ours"]["margin"] == 0.0
+
+
+def test_f2_needs_two_seeds_and_a_gap_beyond_the_spread(out):
+    _judged("heldout_longqa", findings.suite_run("long10", 0), good=True)
+    _judged("heldout_longqa", findings.suite_run("longalpaca", 0), good=False)
+    entry = findings.f2_diversity(out)
+    assert entry["holds"] is False and "seeds" in entry["note"]  # one seed: no spread to compare with
+    _judged("heldout_longqa", findings.suite_run("long10", 1), good=False)  # long10 spread 9 > gap 4.5
+    _judged("heldout_longqa", findings.suite_run("longalpaca", 1), good=False)
+    entry = findings.f2_diversity(out)
+    assert entry["holds"] is False and entry["ours"]["gain"] == 4.5 and entry["ours"]["margin"] == 9.0
 
 
 def test_f2_falls_back_to_needle_and_can_fail(out):
-    _suites({"long10": 3.0, "longalpaca": 6.0}, seeds=(0,))
+    _suites({"long10": 3.0, "longalpaca": 6.0}, seeds=(0, 1))
     entry = findings.f2_diversity(out)
     assert entry["holds"] is False and entry["ours"]["metric"].startswith("needle score")
     assert "missing" not in entry
