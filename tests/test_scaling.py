@@ -63,7 +63,7 @@ def test_scaling_figure_averages_seeds():
 
     from longalign.plots.scaling import plot_scaling
 
-    df = pd.DataFrame({"name": ["a", "a-seed1", "b"], "params": [10, 10, 30], "final_loss_token": [5.0, 6.0, 4.0],
+    df = pd.DataFrame({"name": ["a-seed1", "a", "b"], "params": [10, 10, 30], "final_loss_token": [5.0, 6.0, 4.0],
                        "heldout_loss_token": [5.5, 6.5, 4.5], "qa_score": [1.0, 1.0, 2.0]})
     fig = plot_scaling(df)
     lines = fig.axes[0].get_lines()

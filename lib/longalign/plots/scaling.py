@@ -12,7 +12,8 @@ def plot_scaling(df: pd.DataFrame) -> plt.Figure:
     if missing:
         raise ValueError(f"scaling records lack columns {sorted(missing)}")
     # one point per size: the mean over seeds (seed variants share their size), each seed drawn faintly
-    means = df.groupby("params", as_index=False).agg(name=("name", "first"), final_loss_token=("final_loss_token", "mean"),
+    means = df.groupby("params", as_index=False).agg(name=("name", lambda s: min(s, key=len)),  # the unsuffixed seed
+                                                      final_loss_token=("final_loss_token", "mean"),
                                                       heldout_loss_token=("heldout_loss_token", "mean"),
                                                       qa_score=("qa_score", "mean"), seeds=("name", "size"))
     fig, (ax_loss, ax_qa) = plt.subplots(1, 2, figsize=(10, 3.8))
