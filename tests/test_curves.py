@@ -12,7 +12,7 @@ import torch
 from fakeapi import fake_api, planted_keys  # noqa: F401  (pytest fixtures)
 
 from longalign import models, paths
-from longalign.eval import curves
+from longalign.eval import checkpoints, curves
 from longalign.plots.curves import plot_learning_curves
 from longalign.records import load_records, write_jsonl, write_record
 
@@ -60,7 +60,7 @@ def test_curve_frame_sorts_steps_and_normalises():
 
 def test_missing_run_names_notebook_03():
     with pytest.raises(FileNotFoundError, match="03_training_methods"):
-        curves.run_checkpoints("nope-seed0")
+        checkpoints.run_checkpoints("nope-seed0")
 
 
 def _fake_run(name: str, steps: list[int]) -> None:
@@ -77,7 +77,7 @@ def _fake_run(name: str, steps: list[int]) -> None:
 
 def test_evaluate_run_writes_one_record_per_checkpoint_and_task(monkeypatch):
     _fake_run("fake-seed0", [2, 1])
-    assert [c["step"] for c in curves.run_checkpoints("fake-seed0")] == [1, 2]
+    assert [c["step"] for c in checkpoints.run_checkpoints("fake-seed0")] == [1, 2]
     heldout = paths.data_dir() / "heldout-longqa.jsonl"
     write_jsonl(heldout, [{"id": f"q{i}", "question": "Who?", "context": "Alice met Bob. " * 50, "answer": "Alice"}
                           for i in range(2)])

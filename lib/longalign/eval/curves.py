@@ -23,7 +23,6 @@ import pandas as pd
 from longalign import paths
 from longalign.config import check_limit
 from longalign.eval import checkpoints
-from longalign.eval.checkpoints import list_runs, run_checkpoints  # noqa: F401  (notebooks 04 / 05 call curves.*)
 from longalign.eval.judge import Judge, JudgeRequest, judge_sweep, record_path
 from longalign.records import output_lock, read_record, record_exists, write_record
 
@@ -46,11 +45,6 @@ def relative_to_final(values: Sequence[float], lower_is_better: bool = False) ->
     if final == 0 or math.isnan(final):
         raise ValueError(f"final value is {final}: a relative curve needs a non-zero final value")
     return [final / float(v) if lower_is_better else float(v) / final for v in values]
-
-
-def load_for_eval(spec: str):
-    """(model, tokenizer, tag) for ``smollm2``, ``run:NAME`` (its final checkpoint) or an HF path / hub id."""
-    return (*checkpoints.load_for_eval(spec), checkpoints.model_tag(spec))
 
 
 def long_items(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -201,7 +195,7 @@ def evaluate_run(run: str, tasks: dict[str, list[dict[str, Any]]], *, max_new_to
 
     records, incomplete, scorer = [], 0, scorer_name(judge)
     with output_lock(paths.results_dir("curves") / run):  # a second evaluation of this run waits, then reads back
-        for ckpt in tqdm(run_checkpoints(run), desc=f"curves {run}", disable=not progress):
+        for ckpt in tqdm(checkpoints.run_checkpoints(run), desc=f"curves {run}", disable=not progress):
             todo = [t for t in tasks if not record_exists(curve_path(run, ckpt["step"], t, scorer))]
             model, tokenizer = checkpoints.load_for_eval(ckpt["path"]) if todo else (None, None)
             for task in todo:
