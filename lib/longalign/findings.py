@@ -290,7 +290,7 @@ def f3_speed(out: Path) -> dict[str, Any]:
                       "outputs/results/speed/w2.json (measured vs simulated multi-rank times)", quality.get("note"))
     rec = read_record(path)
     try:
-        meas, sim = (_speed_values(rec["methods"], kind) for kind in ("measured", "simulated"))
+        meas, sim = (speed_values(rec["methods"], kind) for kind in ("measured", "simulated"))
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:  # another helper's format: say what is off
         return _entry("f3", finding, paper, rule, {"quality": quality}, False, "unreadable speed record",
                       f"{path.name} lacks a usable value ({type(err).__name__}: {err})")
@@ -304,7 +304,7 @@ def f3_speed(out: Path) -> dict[str, Any]:
     return _entry("f3", finding, paper, rule, ours, holds, summary, note=quality.get("note"))
 
 
-def _speed_values(methods: dict[str, dict[str, float]], kind: str) -> dict[str, float]:
+def speed_values(methods: dict[str, dict[str, float]], kind: str) -> dict[str, float]:
     """naive/packing and naive/sorted time ratios and naive's idle share, ``measured`` or ``simulated``."""
     secs = {m: float(methods[m][f"{kind}_s"]) for m in ("naive", "sorted", "packing")}
     return {"naive/packing": secs["naive"] / secs["packing"], "naive/sorted": secs["naive"] / secs["sorted"],
