@@ -382,3 +382,40 @@ def test_f3_malformed_speed_record_is_reported_not_raised(out):
     write_record(out / "results" / "speed" / "w2.json", {"world_size": 2, "seed": 0, "methods": {"naive": {}}})
     entry = findings.f3_speed(out)
     assert entry["holds"] is False and "KeyError" in entry["missing"]
+
+
+# ----------------------------------------------------------------------------------------------- why (1, 2, 5)
+
+
+def _induction(content_first: int | None) -> None:
+    """benchmarks/bench_induction.py's record: position copying learnt at step 200, content copying as given."""
+    def task(first, acc):
+        return {"evals": [{"step": 0, "copy": 0.0, "other": 0.0}, {"step": 700, "copy": acc, "other": 0.1}],
+                "first_step_copy_ge_0.5": first, "seconds": 400.0}
+    details = {"model": "Llama hidden 128, 2 layers, vocab 8192", "steps": 700, "tokens": 2_867_200,
+               "tasks": {"fixed_offset": task(200, 1.0), "content": task(content_first, 0.9 if content_first else 0.001),
+                         "natural": task(None, 0.2)}}
+    write_record(paths.results_dir("benchmarks") / "induction_copy_acc.json",
+                 {"name": "induction_copy_acc", "ours": 0.003, "baseline": 1.0, "details": details})
+
+
+def test_why_only_on_measured_findings_that_do_not_hold(out):
+    _context(0, before=6.0, after=4.0, same=4.5)
+    _context(1, before=6.2, after=4.1, same=4.4)
+    assert "why" not in findings.f5_context(out)  # holds: nothing to explain
+    assert "why" not in findings.f1_long_data(out)  # missing records: the missing field says what to run
+    _context(1, before=6.2, after=6.3, same=4.4)
+    entry = findings.f5_context(out)
+    assert entry["holds"] is False and "benchmarks/run.py --only induction" in entry["why"]
+    assert "why: " in findings.markdown_table([entry]) and "why" in findings.verdict_frame(entry).index
+
+
+def test_why_quotes_the_induction_benchmark(out):
+    _context(0, before=6.0, after=6.1, same=6.0)
+    _context(1, before=6.2, after=6.3, same=6.2)
+    _induction(None)
+    why = findings.f5_context(out)["why"]
+    assert "copying by position learnt by step 200" in why and "copying by content not learnt (accuracy 0.00 on copied tokens, 0.10 on the others)" in why
+    assert "2,867,200 tokens" in why and "copying in natural text not learnt (accuracy 0.20 on copied tokens, 0.10 on the others)" in why
+    _induction(450)
+    assert "copying by content learnt by step 450" in findings.f5_context(out)["why"]

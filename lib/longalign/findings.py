@@ -5,7 +5,9 @@ one entry ``{"id", "finding", "paper", "ours", "rule", "holds", "summary"}``: ``
 numbers per arm and per seed, ``rule`` says in words how ``holds`` follows from them, and the
 thresholds are the module constants printed into that text. Missing records never raise: the entry
 gets ``holds: false`` and ``missing`` (what is missing and which notebook writes it); a rule that
-needs a seed spread and has fewer than two seeds says so in ``note`` and does not hold. The main job
+needs a seed spread and has fewer than two seeds says so in ``note`` and does not hold; findings 1, 2
+and 5, measured and not holding, say ``why`` (:func:`retrieval_why`: the tiny models' copying, measured
+by ``benchmarks/bench_induction.py``). The main job
 (``scripts/run_notebooks.py``) writes every entry to ``outputs/results/findings.json``
 (:func:`write_findings`) and prints :func:`markdown_table`; a notebook shows its own entry as tables
 with :func:`arms_frame` (values per arm and seed) and :func:`verdict_frame` (paper, ours, rule, holds).
@@ -38,6 +40,7 @@ NEEDLE_LONG0_MAX = 3.0
 # Finding 3 (speed)
 SIM_TOLERANCE = 0.25
 # Finding 6 (learning curves)
+INDUCTION_RECORD = "results/benchmarks/induction_copy_acc.json"  # benchmarks/bench_induction.py, relative to outputs/
 CURVE_MIN_CHECKPOINTS = 10
 CURVE_REACH = 0.9
 CURVE_PLATEAU_BY = 0.7
@@ -102,6 +105,33 @@ def _entry(fid: str, finding: str, paper: str, rule: str, ours: dict[str, Any], 
              "holds": bool(holds) and missing is None, "summary": summary}
     entry.update({k: v for k, v in (("missing", missing), ("note", note)) if v})
     return entry
+
+
+def _with_why(entry: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A retrieval finding (1, 2, 5) measured and not holding gets ``why``: :func:`retrieval_why`."""
+    if not entry["holds"] and "missing" not in entry:
+        entry["why"] = retrieval_why(out)
+    return entry
+
+
+def retrieval_why(out: Path) -> str:
+    """Why findings 1, 2 and 5 can fail on a tiny model: the induction benchmark's numbers, or how to measure them."""
+    path = Path(out) / INDUCTION_RECORD
+    if not path.is_file():
+        return ("these toy analogues need a model that copies from its context by content (an induction mechanism); "
+                "measure how many tokens a tiny Llama needs with `python benchmarks/run.py --only induction`")
+    d = read_record(path)["details"]
+    learnt = {name: _learnt(t) for name, t in d["tasks"].items()}
+    return (f"benchmarks/bench_induction.py ({d['model']}, {d['steps']} steps, {d['tokens']:,} tokens from scratch): "
+            f"copying by position {learnt['fixed_offset']}, copying by content {learnt['content']}, "
+            f"copying in natural text {learnt['natural']}; retrieval needs copying by content")
+
+
+def _learnt(task: dict[str, Any]) -> str:
+    """'learnt by step N' or 'not learnt (accuracy a)' for one task of the induction benchmark."""
+    first, last = task["first_step_copy_ge_0.5"], task["evals"][-1]
+    return (f"learnt by step {first}" if first is not None
+            else f"not learnt (accuracy {last['copy']:.2f} on copied tokens, {last['other']:.2f} on the others)")
 
 
 def _records(folder: Path) -> pd.DataFrame:
@@ -218,10 +248,10 @@ def f1_long_data(out: Path) -> dict[str, Any]:
     holds = not need and m["long10"] >= NEEDLE_LONG10_MIN and m["long0"] <= NEEDLE_LONG0_MAX and m["long5"] >= m["long0"]
     summary = f"needle @{length}: {_means(arms, SUITES)}" if arms else "no needle records"
     summary += f"; short ({short_metric.split(' (')[0]}): {_means(short, SUITES)}" if short else ""
-    return _entry("f1", "More long instruction data improves long tasks without hurting short ones",
-                  "LongBench-Chat 3.73 (0k) / 5.97 (5k) / 6.21 (10k), MT-Bench 5.34 / 5.51 / 5.50 (Table 2); "
-                  "needle 1k-60k near perfect with 10k, fails at long lengths with 0k (Fig. 4)",
-                  rule, ours, holds, summary, missing, ours["short"].get("note"))
+    return _with_why(_entry("f1", "More long instruction data improves long tasks without hurting short ones",
+                            "LongBench-Chat 3.73 (0k) / 5.97 (5k) / 6.21 (10k), MT-Bench 5.34 / 5.51 / 5.50 (Table 2); "
+                            "needle 1k-60k near perfect with 10k, fails at long lengths with 0k (Fig. 4)",
+                            rule, ours, holds, summary, missing, ours["short"].get("note")), out)
 
 
 def _short_by_suite(out: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
@@ -268,10 +298,10 @@ def f2_diversity(out: Path) -> dict[str, Any]:
     summary = _means(arms, ("long10", "longalpaca")) or "no long-task scores"
     if gain is not None:
         summary += f"; gain {_fmt(gain, 3)} (margin {_fmt(margin, 3)})"
-    return _entry("f2", "Diverse long instruction data beats LongAlpaca on long instruction following",
-                  "LongBench-Chat 6.21 (LongAlign-10k) vs 4.46 (LongAlpaca-12k); MT-Bench 5.50 vs 4.93 (Table 2)",
-                  rule, {"metric": metric, "suites": arms, "gain": gain, "margin": margin}, holds, summary, missing,
-                  note=few)
+    return _with_why(_entry("f2", "Diverse long instruction data beats LongAlpaca on long instruction following",
+                            "LongBench-Chat 6.21 (LongAlign-10k) vs 4.46 (LongAlpaca-12k); MT-Bench 5.50 vs 4.93 (Table 2)",
+                            rule, {"metric": metric, "suites": arms, "gain": gain, "margin": margin}, holds, summary,
+                            missing, note=few), out)
 
 
 def f3_speed(out: Path) -> dict[str, Any]:
@@ -395,7 +425,7 @@ def f5_context(out: Path) -> dict[str, Any]:
     summary = (f"loss beyond short_len: extended {_fmt(arms['extended']['mean'], 3)}, none "
                f"{_fmt(arms['no_extension']['mean'], 3)}, same base "
                f"{_fmt(arms.get('same_base', {}).get('mean'), 3)}; gain vs none {_fmt(gain, 3)} (margin {_fmt(margin, 3)})")
-    return _entry("f5", finding, paper, rule, ours, few is None and gain > margin, summary, note=few)
+    return _with_why(_entry("f5", finding, paper, rule, ours, few is None and gain > margin, summary, note=few), out)
 
 
 def _context_arms(out: Path) -> dict[str, dict[str, Any]]:
@@ -517,9 +547,9 @@ def arms_frame(entry: dict[str, Any]) -> pd.DataFrame:
 
 
 def verdict_frame(entry: dict[str, Any]) -> pd.DataFrame:
-    """A finding entry as a two-column table (field, value): finding, paper, ours, rule, holds, missing / note if any."""
+    """A finding entry as a two-column table (field, value): finding, paper, ours, rule, holds, missing / note / why if any."""
     fields = {"finding": entry["finding"], "paper": entry["paper"], "ours": entry["summary"], "rule": entry["rule"],
-              "holds": entry["holds"], **{k: entry[k] for k in ("missing", "note") if entry.get(k)}}
+              "holds": entry["holds"], **{k: entry[k] for k in ("missing", "note", "why") if entry.get(k)}}
     return pd.DataFrame({"value": [str(v) for v in fields.values()]}, index=pd.Index(list(fields), name="field"))
 
 
@@ -562,7 +592,7 @@ def markdown_table(findings: list[dict[str, Any]]) -> str:
     """Findings as a Markdown table: finding, paper, cpu profile (a short numeric summary), holds."""
     lines = ["| finding | paper | cpu profile | holds |", "|---|---|---|---|"]
     for f in findings:
-        extra = "; ".join(f"{k}: {f[k]}" for k in ("missing", "note") if f.get(k))
+        extra = "; ".join(f"{k}: {f[k]}" for k in ("missing", "note", "why") if f.get(k))
         ours = f.get("summary", "") + (f" ({extra})" if extra else "")
         lines.append(f"| {_cell(f['finding'])} | {_cell(f['paper'])} | {_cell(ours)} | {'yes' if f['holds'] else 'no'} |")
     return "\n".join(lines) + "\n"
