@@ -27,7 +27,8 @@ def plot_needle_heatmaps(df: pd.DataFrame, annotate: bool = True, panel_width: f
     tags = list(dict.fromkeys(df["model_tag"]))  # first-seen order = the notebook's model order
     ncols = min(ncols, len(tags))
     nrows = -(-len(tags) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_width * ncols, 4.2 * nrows), squeeze=False)
+    # constrained layout keeps room for the suptitle (tight_layout let it overlap the top row's titles)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_width * ncols, 4.2 * nrows), squeeze=False, layout="constrained")
     for ax in axes.flat[len(tags):]:
         ax.set_visible(False)
     for ax, tag in zip(axes.flat, tags):
@@ -40,5 +41,4 @@ def plot_needle_heatmaps(df: pd.DataFrame, annotate: bool = True, panel_width: f
         ax.set_yticklabels([f"{d:g}" for d in table.index], rotation=0)
         ax.set_xticklabels([f"{int(c)}" for c in table.columns], rotation=45)
     fig.suptitle('Fact retrieval across context lengths ("Needle in a Haystack")')
-    fig.tight_layout()
     return fig
