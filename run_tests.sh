@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, multi-process (gloo) and DeepSpeed ZeRO-3 CPU tests, and every
 # notebook executed under nbval with the tiny `test` profile. Sets up the environment first.
-#   ./run_tests.sh                # everything (~6.5 min of tests on an idle 2-core machine, up to ~18 under heavy load)
+#   ./run_tests.sh                # everything (~6.5-10 min of tests on an idle 2-core machine, by its speed; up to ~18 under heavy load)
 #   ./run_tests.sh -m "not slow"  # quick unit tests only (extra args go to pytest)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
