@@ -36,11 +36,12 @@ def run(quick: bool) -> dict:
     tok = models.cpu_tokenizer()
     stream = np.array([i for text in models.offline_texts(1_500_000) for i in tok(text)["input_ids"]])
     split = int(len(stream) * 0.9)
-    alphabet = copytasks.frequent_tokens(stream[:split], ALPHABET)
+    train, heldout = stream[:split], stream[split:]
+    alphabet = copytasks.frequent_tokens(train, ALPHABET)
     makers = {"fixed_offset": lambda r: copytasks.fixed_offset_copy(r, alphabet, LENGTH),
               "content": lambda r: copytasks.content_copy(r, alphabet, LENGTH),
-              "natural": lambda r, lo=0, hi=split: copytasks.natural_copy(r, stream[lo:hi], LENGTH)}
-    held = {"natural": lambda r: copytasks.natural_copy(r, stream[split:], LENGTH)}
+              "natural": lambda r: copytasks.natural_copy(r, train, LENGTH)}
+    held = {"natural": lambda r: copytasks.natural_copy(r, heldout, LENGTH)}
     curves = {name: _train(make, held.get(name, make), len(tok), steps, every) for name, make in makers.items()}
     final = {name: c["evals"][-1]["copy"] for name, c in curves.items()}
     return result("induction_copy_acc", final["content"], final["fixed_offset"], ">= 0.5 content-copy accuracy within the budget",

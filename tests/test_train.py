@@ -8,7 +8,6 @@ import datasets
 from chatdata import random_chat_dataset
 import numpy as np
 import pytest
-import yaml
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
@@ -221,7 +220,7 @@ def test_naive_grad_accum_none_is_derived_once_for_notebook_and_script(suites_ou
 def test_script_profile_trains_what_it_names(suites_out):
     """scripts/train.py --profile: the main suite's runs by default, suite runs only with --suite; cpu's GA None resolves."""
     import importlib.util
-    from longalign import paths
+    from longalign import config, paths
 
     spec = importlib.util.spec_from_file_location("train_script", paths.ROOT / "scripts" / "train.py")
     script = importlib.util.module_from_spec(spec)
@@ -229,7 +228,7 @@ def test_script_profile_trains_what_it_names(suites_out):
     names = lambda argv: [c.name() for c in script.configs_from_args(script.parse_args(["--profile", "cpu", *argv]))]
     assert names(["--method", "packing_weighted", "--seed", "0"]) == ["packing_weighted-seed0"]
     naive = script.configs_from_args(script.parse_args(["--profile", "cpu", "--method", "naive"]))
-    seeds = yaml.safe_load((paths.ROOT / "configs" / "cpu.yaml").read_text())["03_training_methods"]["num_seeds"]
+    seeds = config.notebook_params("cpu", "03_training_methods")["num_seeds"]
     assert seeds >= 2
     assert [c.name() for c in naive] == [f"naive-seed{s}" for s in range(seeds)] and all(c.grad_accum >= 1 for c in naive)
     assert names(["--seed", "1", "--suite", "long0", "--suite", "longalpaca"]) == [

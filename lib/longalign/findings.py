@@ -39,8 +39,9 @@ NEEDLE_LONG10_MIN = 7.0
 NEEDLE_LONG0_MAX = 3.0
 # Finding 3 (speed)
 SIM_TOLERANCE = 0.25
+# Findings 1, 2, 5 (why they fail): benchmarks/bench_induction.py's record, relative to outputs/
+INDUCTION_RECORD = "results/benchmarks/induction_copy_acc.json"
 # Finding 6 (learning curves)
-INDUCTION_RECORD = "results/benchmarks/induction_copy_acc.json"  # benchmarks/bench_induction.py, relative to outputs/
 CURVE_MIN_CHECKPOINTS = 10
 CURVE_REACH = 0.9
 CURVE_PLATEAU_BY = 0.7
