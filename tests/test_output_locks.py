@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import threading
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import pytest
-from filelock import FileLock
 
 from longalign import paths, records
 from longalign.eval import longbench_chat, mtbench, scaling
@@ -46,21 +49,34 @@ def _scaling(monkeypatch) -> tuple[Any, Callable[[], Any]]:
     return paths.results_dir("scaling"), lambda: scaling.run_scaling(variants, [], {}, [], [], eval_max_len=8)
 
 
+HOLDER = "import sys; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); print('held', flush=True); sys.stdin.read()"
+
+
+@contextlib.contextmanager
+def _held_by_another_process(lock: Path) -> Iterator[None]:
+    """A second Python process holds ``lock`` until the block ends (it exits when its stdin closes)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held", "the holder process could not take the lock"
+        yield
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+
+
 @pytest.mark.parametrize("writer", ["judge", "longbench_chat", "mtbench", "scaling"])
-def test_writer_waits_for_the_folder_lock_then_writes(writer, monkeypatch, capsys):
+def test_writer_waits_for_the_folder_lock_then_writes(writer, monkeypatch, stderr_recorder):
     import longalign.eval.generate as gen
 
     monkeypatch.setattr(gen, "generate", _fake_generate)
     folder, write = _scaling(monkeypatch) if writer == "scaling" else globals()[f"_{writer}"]()
-    holder = FileLock(str(records.lock_path(folder)))  # a separate lock object, as another process would hold
+    records.lock_path(folder).parent.mkdir(parents=True, exist_ok=True)
     done: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: done.update(result=write()))
-    with holder:
+    with stderr_recorder, _held_by_another_process(records.lock_path(folder)):
         thread.start()
-        err = ""
-        while "another process is writing" not in err:
-            assert thread.is_alive(), f"{writer} wrote without waiting for the lock: {done}"
-            err += capsys.readouterr().err
+        err = stderr_recorder.wait_for("another process is writing", thread.is_alive, f"{writer} (it must wait)")
         assert str(folder) in err and not list(folder.rglob("*.json")), "nothing may be written while it waits"
     thread.join(60)
     assert "result" in done and len(list(folder.rglob("*.json"))) == 2  # after the release, every record once

@@ -404,7 +404,7 @@ def test_notebook_01_over_fake_anthropic_never_leaks_the_key(fake_api, planted_k
 
 
 # ---- two generation runs on one output file -----------------------------------------------------------------
-def test_two_runs_on_one_file_write_each_document_once(tmp_path, capsys):
+def test_two_runs_on_one_file_write_each_document_once(tmp_path, stderr_recorder):
     """A second run on the same output waits for the first (saying so), then finds every document done."""
     import threading
 
@@ -421,20 +421,18 @@ def test_two_runs_on_one_file_write_each_document_once(tmp_path, capsys):
         client = LLMClient("offline", "g", offline_fn=fn, cache_dir=tmp_path / f"cache-{name}", concurrency=2)
         summaries[name] = run_generation(docs, client, out)
 
-    first = threading.Thread(target=run, args=("first", held))
-    first.start()
-    assert started.wait(60) and first.is_alive()
-    second = threading.Thread(target=run, args=("second", grounded.grounded_responder))
-    second.start()
-    err = ""
-    try:
-        while "another process is writing" not in err:  # the second run reports that it waits
-            assert second.is_alive(), f"the second run did not wait: {summaries}"
-            err += capsys.readouterr().err
-        assert str(out) in err and "second" not in summaries
-    finally:
-        go.set()
-    first.join(120), second.join(120)
+    with stderr_recorder:  # both runs' threads write to it
+        first = threading.Thread(target=run, args=("first", held))
+        first.start()
+        assert started.wait(60) and first.is_alive()
+        second = threading.Thread(target=run, args=("second", grounded.grounded_responder))
+        second.start()
+        try:  # the second run reports that it waits
+            err = stderr_recorder.wait_for("another process is writing", second.is_alive, f"the second run {summaries}")
+            assert str(out) in err and "second" not in summaries
+        finally:
+            go.set()
+        first.join(120), second.join(120)
     ids = [r["meta"]["doc_id"] for r in _read(out)]
     assert sorted(ids) == [d["id"] for d in docs]  # each document once, not once per run
     assert summaries["first"]["written"] == 4
