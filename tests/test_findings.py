@@ -201,6 +201,16 @@ def test_f4_notebook_07_scores_with_two_seeds_win(out):
     assert entry["holds"] is True and entry["ours"]["higher_is_better"] is True
 
 
+def test_f4_scores_at_one_value_for_every_seed_give_way_to_held_out_loss(out):
+    _weighting(packing=(2.5, 2.6), weighted=(2.2, 2.25))
+    for s in (0, 1):  # the overlap judge at its floor for every run: it cannot rank the arms
+        _judged("heldout_longqa", f"packing-seed{s}", good=False)
+        _judged("heldout_longqa", f"packing_weighted-seed{s}", good=False)
+    entry = findings.f4_loss_weighting(out)
+    assert "held-out" in entry["ours"]["metric"] and entry["holds"] is True
+    assert "not one value" in entry["rule"]
+
+
 def test_f4_missing(out):
     assert "results/training" in findings.f4_loss_weighting(out)["missing"]
 
