@@ -55,6 +55,7 @@ HOLDER = "import sys; from filelock import FileLock; l = FileLock(sys.argv[1]); 
 @contextlib.contextmanager
 def _held_by_another_process(lock: Path) -> Iterator[None]:
     """A second Python process holds ``lock`` until the block ends (it exits when its stdin closes)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True)
     try:
@@ -71,7 +72,6 @@ def test_writer_waits_for_the_folder_lock_then_writes(writer, monkeypatch, stder
 
     monkeypatch.setattr(gen, "generate", _fake_generate)
     folder, write = _scaling(monkeypatch) if writer == "scaling" else globals()[f"_{writer}"]()
-    records.lock_path(folder).parent.mkdir(parents=True, exist_ok=True)
     done: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: done.update(result=write()))
     with stderr_recorder, _held_by_another_process(records.lock_path(folder)):

@@ -428,7 +428,7 @@ def test_two_runs_on_one_file_write_each_document_once(tmp_path, stderr_recorder
         second = threading.Thread(target=run, args=("second", grounded.grounded_responder))
         second.start()
         try:  # the second run reports that it waits
-            err = stderr_recorder.wait_for("another process is writing", second.is_alive, f"the second run {summaries}")
+            err = stderr_recorder.wait_for("another process is writing", second.is_alive, "the second run")
             assert str(out) in err and "second" not in summaries
         finally:
             go.set()
