@@ -192,12 +192,15 @@ def test_final_checkpoints_skip_pretraining_runs(tmp_path, monkeypatch):
 
     monkeypatch.setenv("LONGALIGN_OUTPUTS", str(tmp_path))
     for name, method in (("packing_weighted-seed0", "packing_weighted"), ("ctx-short-seed0", "pretrain"),
-                         ("packing_weighted-seed1", "packing_weighted")):
+                         ("packing_weighted-seed1", "packing_weighted"), ("scale-h128-seed1", "packing_weighted")):
         (tmp_path / "runs" / name / "checkpoint-4").mkdir(parents=True)
         (tmp_path / "runs" / name / "checkpoint-2").mkdir(parents=True)
         ckpts = [{"step": s, "path": f"runs/{name}/checkpoint-{s}"} for s in (2, 4)]
         write_record(tmp_path / "runs" / f"{name}.json", {"method": method, "checkpoints": ckpts})
-    assert list(lbc.final_checkpoints()) == ["packing_weighted-seed0", "packing_weighted-seed1"]
+    assert list(lbc.final_checkpoints()) == ["packing_weighted-seed0", "packing_weighted-seed1", "scale-h128-seed1"]
+    # a list of globs: the union, each run once, in name order
+    assert list(lbc.final_checkpoints(pattern=["packing*-seed1", "*_weighted-seed[01]"])) == [
+        "packing_weighted-seed0", "packing_weighted-seed1"]
     found = lbc.final_checkpoints(pattern="*-seed0")
     assert list(found) == ["packing_weighted-seed0"]
     assert found["packing_weighted-seed0"] == (tmp_path / "runs" / "packing_weighted-seed0" / "checkpoint-4").resolve()

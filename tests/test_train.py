@@ -234,3 +234,31 @@ def test_script_profile_trains_what_it_names(suites_out):
     assert names(["--seed", "1", "--suite", "long0", "--suite", "longalpaca"]) == [
         "long0-packing_weighted-seed1", "longalpaca-packing_weighted-seed1"]
     assert len(names(["--suite", "long10"])) == 4 * seeds  # the main suite: 4 methods x the profile's seeds
+
+
+def test_parallel_workers_train_what_one_process_trains(suites_out):
+    """launch_runs(workers=2): each run in its own spawned process ends at the in-process run's losses and weights."""
+    from longalign.train import launch_runs
+
+    data = [str(suites_out / "data" / "mix-long10.jsonl")]
+    cfgs = lambda tag: [small(m, f"{tag}-{m}", data=data, model="tiny", tokenizer=str(suites_out / "models" / "tiny-longctx"),
+                              num_threads=1) for m in ("packing_weighted", "sorted", "packing")]
+    alone = launch_runs(cfgs("alone"), workers=1)
+    together = launch_runs(cfgs("together"), workers=2)
+    assert [r["name"] for r in together] == [c.name() for c in cfgs("together")]
+    for a, b in zip(alone, together):
+        assert [row["loss_sequence"] for row in b["log"]] == pytest.approx([row["loss_sequence"] for row in a["log"]],
+                                                                           rel=0, abs=1e-12)
+        wa, wb = (AutoModelForCausalLM.from_pretrained(suites_out / r["checkpoints"][-1]["path"], dtype=torch.float64).state_dict()
+                  for r in (a, b))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_failed_parallel_run_raises_with_its_reason(suites_out):
+    from longalign.train import launch_runs
+
+    good = small("packing_weighted", "ok", data=[str(suites_out / "data" / "mix-long10.jsonl")],
+                 tokenizer=str(suites_out / "models" / "tiny-longctx"), num_threads=1)
+    bad = small("packing_weighted", "bad", tokenized_dir=str(suites_out / "no-such-folder"), num_threads=1)
+    with pytest.raises(Exception, match="no-such-folder"):
+        launch_runs([good, bad], workers=2)

@@ -76,16 +76,17 @@ def run_checkpoints(run: str) -> list[dict[str, Any]]:
     return ckpts
 
 
-def final_checkpoints(runs_dir: str | Path | None = None, pattern: str = "*") -> dict[str, Path]:
+def final_checkpoints(runs_dir: str | Path | None = None, pattern: str | list[str] = "*") -> dict[str, Path]:
     """Run name -> last checkpoint of every fine-tuning run in ``outputs/runs/*.json`` whose name matches ``pattern``.
 
     Continual-pretraining runs (notebook 02, method ``pretrain``) are base models, not chat models,
-    so they are left out of the chat benchmarks. ``pattern`` is a glob on the run name (e.g.
-    ``"*-seed0"``: one seed of each of notebook 03's methods and data suites).
+    so they are left out of the chat benchmarks. ``pattern`` is a glob on the run name, or a list of
+    globs (a run matching any is kept), e.g. ``["naive-seed[01]", "long*-seed[01]"]``.
     """
     folder = Path(runs_dir) if runs_dir is not None else paths.runs_dir()
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     found = {}
-    for path in sorted(folder.glob(f"{pattern}.json")):
+    for path in sorted({p for glob in patterns for p in folder.glob(f"{glob}.json")}):
         rec = read_record(path)
         ckpts = _recorded(rec) if rec.get("method") != "pretrain" else []
         if ckpts:
