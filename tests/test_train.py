@@ -260,5 +260,5 @@ def test_a_failed_parallel_run_raises_with_its_reason(suites_out):
     good = small("packing_weighted", "ok", data=[str(suites_out / "data" / "mix-long10.jsonl")],
                  tokenizer=str(suites_out / "models" / "tiny-longctx"), num_threads=1)
     bad = small("packing_weighted", "bad", tokenized_dir=str(suites_out / "no-such-folder"), num_threads=1)
-    with pytest.raises(Exception, match="no-such-folder"):
+    with pytest.raises(RuntimeError, match="run bad failed: .*no-such-folder.*worker output: .*launch"):
         launch_runs([good, bad], workers=2)

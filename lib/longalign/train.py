@@ -882,21 +882,36 @@ def _parallel_runs(cfgs: list[TrainConfig], workers: int, tag: str) -> list[dict
         if not record_path(cfg).is_file() and not cfg.tokenized_dir:
             load_train_dataset(cfg, load_tokenizer(cfg))
     threads = max(1, (os.cpu_count() or 2) // workers)  # for runs with num_threads 0 (torch's default: every core)
+    log = paths.outputs() / "launch" / f"{tag}.log"  # the workers' Trainer output (the caller's screen stays readable)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
     context = multiprocessing.get_context("spawn")  # a fork of a process holding torch threads can deadlock
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_threads, initargs=(threads,)) as pool:
-        futures = [pool.submit(run_training, c) for c in cfgs]
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup, initargs=(threads, str(log))) as pool:
+        futures = {pool.submit(run_training, c): c for c in cfgs}
         try:
             for done in tqdm(as_completed(futures), total=len(futures), desc=f"{tag} ({workers} at once)"):
-                done.result()  # a failed run raises here, with the worker's traceback
+                _raise_failed(done, futures[done], log)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)  # runs not started yet are dropped; records stay atomic
             raise
     return [records.read_record(record_path(c)) for c in cfgs]
 
 
-def _worker_threads(n: int) -> None:
-    """Process-pool initializer: ``n`` torch CPU threads in this worker."""
-    torch.set_num_threads(n)
+def _raise_failed(done, cfg: TrainConfig, log: Path) -> None:
+    """Re-raise a worker's failure naming the run and the worker log (the worker's traceback is chained)."""
+    try:
+        done.result()
+    except Exception as err:
+        raise RuntimeError(f"run {cfg.name()} failed: {err} (worker output: {log})") from err
+
+
+def _worker_setup(threads: int, log: str) -> None:
+    """Process-pool initializer: ``threads`` torch CPU threads, stdout and stderr appended to ``log``."""
+    torch.set_num_threads(threads)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def free_port() -> int:
