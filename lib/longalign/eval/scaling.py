@@ -77,11 +77,10 @@ def evaluate_variant(name: str, run: dict[str, Any], heldout, qa_items: list[dic
 
 def run_scaling(variants: list[dict[str, Any]], data: list[str], defaults: dict[str, Any], heldout,
                 qa_items: list[dict[str, Any]], *, eval_max_len: int, qa_max_new_tokens: int = 48,
-                nproc: int = 1, workers: int = 1) -> list[dict]:
+                nproc: int = 1) -> list[dict]:
     """Train (or resume) and evaluate every variant; one record each, finished ones read back.
 
-    ``nproc > 1`` trains through one ``torchrun`` launch (:func:`longalign.train.launch_runs`), as the paper's 8 GPUs
-    need; otherwise ``workers`` single-process runs train at once.
+    ``nproc > 1`` trains through one ``torchrun`` launch (:func:`longalign.train.launch_runs`), as the paper's 8 GPUs need.
     """
     from longalign import train
 
@@ -89,7 +88,7 @@ def run_scaling(variants: list[dict[str, Any]], data: list[str], defaults: dict[
     with output_lock(paths.results_dir("scaling")):
         todo = [v for v in variants if not record_exists(scaling_path(v["name"]))]
         cfgs = [variant_config(v, data, defaults) for v in todo]
-        runs = train.launch_runs(cfgs, nproc=nproc, tag="scaling", workers=workers) if cfgs else []
+        runs = train.launch_runs(cfgs, nproc=nproc, tag="scaling") if cfgs else []
         for variant, cfg, run in zip(todo, cfgs, runs):
             write_record(scaling_path(variant["name"]), evaluate_variant(
                 variant["name"], run, heldout, qa_items, max_len=eval_max_len, qa_max_new_tokens=qa_max_new_tokens))
