@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 from longalign import collate
 from longalign import models
 from longalign.loss import check_chunked_ce, forward_loss_sums, loss_sums, objective
-from longalign.train import TrainConfig, collate_micro_batch, run_training, suite_data, training_run_configs
+from longalign.train import TrainConfig, collate_micro_batch, run_training, seeds_of_method, suite_data, training_run_configs
 
 RECORD_KEYS = {"method", "seed", "wall_s", "tokens", "tokens_per_s", "padding_fraction", "final_loss_token",
                "final_loss_sequence", "log", "checkpoints", "machine", "steps"}
@@ -157,6 +157,14 @@ def test_notebook03_configs(tmp_path):
     by_name = {c.name(): c for c in training_run_configs(over, tmp_path)}
     assert [n for n, c in by_name.items() if c.save_steps] == ["packing_weighted-seed5"]
     assert (by_name["naive-seed6"].grad_accum, by_name["naive-seed5"].grad_accum) == (3, 12)
+    # method_seeds: one method gets more seeds than num_seeds (seed-major order); suites keep num_seeds
+    more = [c.name() for c in training_run_configs({**params, "method_seeds": {"packing_weighted": 3}}, tmp_path)]
+    assert more == ["naive-seed5", "packing_weighted-seed5", "naive-seed6", "packing_weighted-seed6",
+                    "packing_weighted-seed7", "long0-packing_weighted-seed5", "long0-packing_weighted-seed6"]
+    with pytest.raises(ValueError, match=r"method_seeds names methods \['sorted'\]"):
+        training_run_configs({**params, "method_seeds": {"sorted": 3}}, tmp_path)
+    with pytest.raises(ValueError, match=r"method_seeds\['naive'\] must be an int >= 1"):
+        training_run_configs({**params, "method_seeds": {"naive": 0}}, tmp_path)
     with pytest.raises(ValueError, match=r"run_overrides names runs \['packing-seed5'\]"):
         training_run_configs({**params, "run_overrides": {"packing-seed5": {"save_steps": 1}}}, tmp_path)
     with pytest.raises(ValueError, match=r"run_overrides\['naive-seed5'\] has keys \['save_every'\]"):
@@ -233,7 +241,9 @@ def test_script_profile_trains_what_it_names(suites_out):
     assert [c.name() for c in naive] == [f"naive-seed{s}" for s in range(seeds)] and all(c.grad_accum >= 1 for c in naive)
     assert names(["--seed", "1", "--suite", "long0", "--suite", "longalpaca"]) == [
         "long0-packing_weighted-seed1", "longalpaca-packing_weighted-seed1"]
-    assert len(names(["--suite", "long10"])) == 4 * seeds  # the main suite: 4 methods x the profile's seeds
+    cpu = config.notebook_params("cpu", "03_training_methods")
+    per_method = [seeds_of_method(cpu, m) for m in cpu["methods"]]
+    assert len(names(["--suite", "long10"])) == sum(per_method) > 4 * seeds  # the main suite: method_seeds adds seeds
 
 
 def test_parallel_workers_train_what_one_process_trains(suites_out):

@@ -777,8 +777,24 @@ def _overrides(params: dict[str, Any], key: str, name: str) -> dict[str, Any]:
     return overrides
 
 
+def seeds_of_method(params: dict[str, Any], method: str) -> int:
+    """How many seeds ``method`` trains on the main suite: ``method_seeds[method]``, else ``num_seeds``."""
+    extra = params.get("method_seeds") or {}
+    unknown = sorted(set(extra) - set(params["methods"]))
+    if unknown:  # a mistyped method would silently train the default count
+        raise ValueError(f"method_seeds names methods {unknown} that are not in methods {params['methods']}")
+    n = extra.get(method, params.get("num_seeds", 1))
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"method_seeds[{method!r}] must be an int >= 1, got {n!r}")
+    return n
+
+
 def training_run_configs(params: dict[str, Any], outputs_root: Path) -> list[TrainConfig]:
     """Notebook 03's runs from its parameters: methods x seeds on ``suite``, then packing_weighted per suite.
+
+    Every method trains ``num_seeds`` seeds from ``seed`` unless ``method_seeds`` gives it its own count
+    (a claim resting on a small difference between two methods gets more seeds than the rest); the
+    suite runs train ``num_seeds``.
 
     Each method's run is :func:`config_from_params` of the parameters with ``method_overrides[method]``
     over them (e.g. ``{"naive": {"grad_accum": 12, "max_len": 57344}}``: the paper's GA 12 and, for
@@ -786,7 +802,9 @@ def training_run_configs(params: dict[str, Any], outputs_root: Path) -> list[Tra
     here (:func:`derive_naive_grad_accum`), for the notebook and scripts/train.py alike. ``run_overrides``
     (run name -> TrainConfig fields) comes last, e.g. intermediate checkpoints for the learning-curve run only.
     """
-    seeds = [params.get("seed", 0) + k for k in range(params.get("num_seeds", 1))]
+    seed, num_seeds = params.get("seed", 0), params.get("num_seeds", 1)
+    per_method = {m: seeds_of_method(params, m) for m in params["methods"]}
+    seeds = [seed + k for k in range(num_seeds)]
     settings = {m: method_settings(params, m) for m in {*params["methods"], "packing_weighted"}}
     derived: dict[int | None, int] = {}  # one derivation per naive batch size (it tokenizes the suite)
     for method, over in settings.items():
@@ -795,7 +813,9 @@ def training_run_configs(params: dict[str, Any], outputs_root: Path) -> list[Tra
             if batch not in derived:
                 derived[batch] = derive_naive_grad_accum(params, outputs_root, batch)
             over["grad_accum"] = derived[batch]
-    runs = [(m, s, params["suite"], "") for s in seeds for m in params["methods"]]
+    # seed-major, so runs trained side by side (parallel_runs) pair up alike
+    runs = [(m, s, params["suite"], "") for s in range(seed, seed + max(per_method.values(), default=0))
+            for m in params["methods"] if s < seed + per_method[m]]
     runs += [("packing_weighted", s, suite, f"{suite}-") for suite in params.get("suites", [])
              if suite != params["suite"] for s in seeds]
     names = {f"{prefix}{m}-seed{s}" for m, s, _, prefix in runs}
