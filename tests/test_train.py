@@ -161,8 +161,10 @@ def test_notebook03_configs(tmp_path):
     more = [c.name() for c in training_run_configs({**params, "method_seeds": {"packing_weighted": 3}}, tmp_path)]
     assert more == ["naive-seed5", "packing_weighted-seed5", "naive-seed6", "packing_weighted-seed6",
                     "packing_weighted-seed7", "long0-packing_weighted-seed5", "long0-packing_weighted-seed6"]
-    with pytest.raises(ValueError, match=r"method_seeds names methods \['sorted'\]"):
-        training_run_configs({**params, "method_seeds": {"sorted": 3}}, tmp_path)
+    narrowed = {**params, "methods": ["naive"], "method_seeds": {"packing_weighted": 3}}  # as notebook 03's probe
+    assert [c.name() for c in training_run_configs(narrowed, tmp_path)][:2] == ["naive-seed5", "naive-seed6"]
+    with pytest.raises(ValueError, match=r"method_seeds names methods \['packed'\] that do not exist"):
+        training_run_configs({**params, "method_seeds": {"packed": 3}}, tmp_path)
     with pytest.raises(ValueError, match=r"method_seeds\['naive'\] must be an int >= 1"):
         training_run_configs({**params, "method_seeds": {"naive": 0}}, tmp_path)
     with pytest.raises(ValueError, match=r"run_overrides names runs \['packing-seed5'\]"):

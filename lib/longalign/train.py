@@ -780,9 +780,9 @@ def _overrides(params: dict[str, Any], key: str, name: str) -> dict[str, Any]:
 def seeds_of_method(params: dict[str, Any], method: str) -> int:
     """How many seeds ``method`` trains on the main suite: ``method_seeds[method]``, else ``num_seeds``."""
     extra = params.get("method_seeds") or {}
-    unknown = sorted(set(extra) - set(params["methods"]))
+    unknown = sorted(set(extra) - set(METHODS))  # not params["methods"]: callers narrow that list
     if unknown:  # a mistyped method would silently train the default count
-        raise ValueError(f"method_seeds names methods {unknown} that are not in methods {params['methods']}")
+        raise ValueError(f"method_seeds names methods {unknown} that do not exist; methods: {list(METHODS)}")
     n = extra.get(method, params.get("num_seeds", 1))
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"method_seeds[{method!r}] must be an int >= 1, got {n!r}")
