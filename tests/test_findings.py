@@ -201,6 +201,19 @@ def test_f4_notebook_07_scores_with_two_seeds_win(out):
     assert entry["holds"] is True and entry["ours"]["higher_is_better"] is True
 
 
+def test_f4_the_source_with_more_seeds_per_arm_wins(out):
+    """Three seeds of held-out loss (notebook 03) beat two seeds of judged scores (notebook 07)."""
+    _weighting(packing=(2.5, 2.6, 2.55), weighted=(2.2, 2.25, 2.3))
+    for s in (0, 1):
+        _judged("heldout_longqa", f"packing-seed{s}", good=True)
+        _judged("heldout_longqa", f"packing_weighted-seed{s}", good=False)
+    entry = findings.f4_loss_weighting(out)
+    assert "held-out" in entry["ours"]["metric"] and entry["ours"]["methods"]["packing"]["seeds"] == 3
+    assert entry["holds"] is True and "most seeds" in entry["rule"]
+    (paths.results_dir("training") / "packing-seed2.json").unlink()  # 2 seeds each: a tie, the score comes first
+    assert "notebook 07" in findings.f4_loss_weighting(out)["ours"]["metric"]
+
+
 def test_f4_scores_at_one_value_for_every_seed_give_way_to_held_out_loss(out):
     _weighting(packing=(2.5, 2.6), weighted=(2.2, 2.25))
     for s in (0, 1):  # the overlap judge at its floor for every run: it cannot rank the arms
