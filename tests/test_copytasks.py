@@ -44,6 +44,22 @@ def test_content_copy_offsets_vary():
     assert len(offsets) > 10
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_repeated_sequence_is_periodic_and_masks_every_copy(seed):
+    ids, mask = copytasks.repeated_sequence(np.random.default_rng(seed), ALPHABET, 64, period=(8, 24))
+    k = int(np.flatnonzero(mask)[0]) - 1  # the first masked token is the second of the first copy
+    assert 8 <= k <= 24 and set(ids) <= set(ALPHABET)
+    assert all(ids[t] == ids[t - k] for t in range(k, 64))  # a copy of the token one period back
+    assert mask.sum() == 64 - k - 1 and not mask[:k + 1].any()
+    assert _copy_source(ids, mask) <= k  # (a shorter look-back fits only if the random sequence repeats itself)
+
+
+def test_repeated_sequence_periods_vary():
+    rng = np.random.default_rng(0)
+    periods = {int(np.flatnonzero(copytasks.repeated_sequence(rng, np.arange(1000, 9000), 64)[1])[0]) - 1 for _ in range(40)}
+    assert len(periods) > 8
+
+
 def test_natural_copy_keeps_the_window_outside_the_copy():
     stream = np.arange(10_000)  # every token distinct: the copy is the only repetition
     ids, mask = copytasks.natural_copy(np.random.default_rng(3), stream, 64)
@@ -91,11 +107,15 @@ def test_bench_induction_train_writes_what_findings_reads(tmp_path, monkeypatch)
 
     monkeypatch.syspath_prepend(str(paths.ROOT / "benchmarks"))
     bench = __import__("bench_induction")
-    task = bench._train(lambda r: copytasks.content_copy(r, ALPHABET, bench.LENGTH), lambda r: copytasks.content_copy(
-        r, ALPHABET, bench.LENGTH), vocab=400, steps=3, every=2)
+    held = bench._held(lambda r: copytasks.content_copy(r, ALPHABET, bench.LENGTH), n=4)
+    task = bench._train(lambda r: copytasks.content_copy(r, ALPHABET, bench.LENGTH), held, vocab=400, steps=3, every=2)
     assert [e["step"] for e in task["evals"]] == [0, 2] and task["first_step_copy_ge_0.5"] is None
+    repeated = bench._train(lambda r: copytasks.repeated_sequence(r, ALPHABET, bench.LENGTH), held, vocab=400, steps=3,
+                            every=2, transfer={"content": held, "natural": held})
+    assert set(repeated["evals"][-1]["transfer"]) == {"content", "natural"}
     details = {"model": "m", "steps": 3, "tokens": 3 * bench.BATCH * bench.LENGTH,
-               "tasks": {"fixed_offset": task, "content": task, "natural": task}}
+               "tasks": {"fixed_offset": task, "content": task, "natural": task, "repeated": repeated}}
     write_record(paths.outputs() / findings.INDUCTION_RECORD, {"details": details})
-    assert "copying by content not learnt" in findings.retrieval_why(paths.outputs())
+    why = findings.retrieval_why(paths.outputs())
+    assert "copying by content not learnt" in why and "trained on repeated random sequences instead" in why
     sys.modules.pop("bench_induction", None)

@@ -442,3 +442,21 @@ def test_why_quotes_the_induction_benchmark(out):
     assert "2,867,200 tokens" in why and "copying in natural text not learnt (accuracy 0.20 on copied tokens, 0.10 on the others)" in why
     _induction(450)
     assert "copying by content learnt by step 450" in findings.f5_context(out)["why"]
+
+
+def test_why_quotes_the_repeat_curriculum_and_its_transfer(out):
+    _context(0, before=6.0, after=6.1, same=6.0)
+    _context(1, before=6.2, after=6.3, same=6.2)
+    _induction(None)
+    assert "repeated random sequences" not in findings.f5_context(out)["why"]  # a record from before the task
+    path = paths.results_dir("benchmarks") / "induction_copy_acc.json"
+    record = json.loads(path.read_text())
+    transfer = {"content": {"copy": 0.98, "other": 0.0}, "natural": {"copy": 0.28, "other": 0.01}}
+    record["details"]["tasks"]["repeated"] = {"evals": [{"step": 0, "copy": 0.0, "other": 0.0, "transfer": transfer},
+                                                        {"step": 700, "copy": 0.99, "other": 0.0, "transfer": transfer}],
+                                              "first_step_copy_ge_0.5": 350, "seconds": 300.0}
+    write_record(path, record)
+    why = findings.f5_context(out)["why"]
+    assert "copying by content not learnt" in why  # trained on content spans directly: still not learnt
+    assert "copying them is learnt by step 350 and the model copies by content on unseen examples (0.98)" in why
+    assert "natural text only 0.28 on copied tokens (0.01 on the others)" in why

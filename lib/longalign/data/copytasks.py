@@ -4,8 +4,9 @@ Needle retrieval needs *content-based* copying (an induction mechanism): find th
 where the current tokens occurred and continue from there, wherever that is. A model can also copy
 *by position* (always look back a fixed distance), which needs no content matching. These tasks
 tell the two apart, so ``benchmarks/bench_induction.py`` can measure how many training tokens a
-tiny Llama needs before it copies by content: the measurement behind findings 1, 2 and 5 of the cpu
-profile (``longalign.findings``). Every example is ``(ids, mask)``: ``mask[t]`` marks the tokens
+tiny Llama needs before it copies by content, and which training data gets it there
+(:func:`repeated_sequence`, the densest copy supervision): the measurement behind findings 1, 2 and 5
+of the cpu profile (``longalign.findings``). Every example is ``(ids, mask)``: ``mask[t]`` marks the tokens
 that a copying model can predict from an earlier copy and a non-copying model cannot (the first
 token of each copy is left out: nothing announces where a copy starts).
 """
@@ -32,6 +33,20 @@ def content_copy(rng: np.random.Generator, alphabet: np.ndarray, length: int, sp
     """Random tokens with one span repeated at a random later place, random length: only content finds the source."""
     ids = rng.choice(alphabet, length)
     return _repeat_span(rng, ids, span)
+
+
+def repeated_sequence(rng: np.random.Generator, alphabet: np.ndarray, length: int, period: tuple[int, int] = (8, 24)) -> Example:
+    """A random sequence of random period repeated to fill ``length``: every token after the first copy is a copy.
+
+    The densest copy supervision there is. The period varies, so no single look-back distance fits every
+    example; measured (``benchmarks/bench_induction.py``), a model trained on these learns to copy by
+    content and does so on :func:`content_copy` examples it never saw, where training on those fails.
+    """
+    k = int(rng.integers(period[0], period[1] + 1))
+    ids = np.resize(rng.choice(alphabet, k), length)
+    mask = np.zeros(length, bool)
+    mask[k + 1:] = True
+    return ids, mask
 
 
 def natural_copy(rng: np.random.Generator, stream: np.ndarray, length: int, span: tuple[int, int] = (8, 32)) -> Example:
