@@ -114,8 +114,9 @@ def test_bench_induction_train_writes_what_findings_reads(tmp_path, monkeypatch)
                             every=2, transfer={"content": held, "natural": held})
     assert set(repeated["evals"][-1]["transfer"]) == {"content", "natural"}
     details = {"model": "m", "steps": 3, "tokens": 3 * bench.BATCH * bench.LENGTH,
-               "tasks": {"fixed_offset": task, "content": task, "natural": task, "repeated": repeated}}
+               "tasks": {"fixed_offset": task, "content": task, "natural": task, "repeated": repeated, "mixed": task}}
     write_record(paths.outputs() / findings.INDUCTION_RECORD, {"details": details})
     why = findings.retrieval_why(paths.outputs())
     assert "copying by content not learnt" in why and "trained on repeated random sequences instead" in why
+    assert "kept 50/50 in a mix with natural text, copying in natural text is not learnt" in why
     sys.modules.pop("bench_induction", None)

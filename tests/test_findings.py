@@ -460,3 +460,7 @@ def test_why_quotes_the_repeat_curriculum_and_its_transfer(out):
     assert "copying by content not learnt" in why  # trained on content spans directly: still not learnt
     assert "copying them is learnt by step 350 and the model copies by content on unseen examples (0.98)" in why
     assert "natural text only 0.28 on copied tokens (0.01 on the others)" in why
+    record["details"]["tasks"]["mixed"] = {"evals": [{"step": 0, "copy": 0.0, "other": 0.0}, {"step": 700, "copy": 0.68, "other": 0.12}],
+                                           "first_step_copy_ge_0.5": 600, "seconds": 300.0}
+    write_record(path, record)
+    assert "kept 50/50 in a mix with natural text, copying in natural text is learnt by step 600" in findings.f5_context(out)["why"]

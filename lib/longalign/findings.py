@@ -137,7 +137,12 @@ def _curriculum(tasks: dict[str, Any]) -> str:
     content, natural = last["transfer"]["content"], last["transfer"]["natural"]
     return (f"; trained on repeated random sequences instead, copying them is {_learnt(tasks['repeated'])} and the model "
             f"copies by content on unseen examples ({content['copy']:.2f}), yet in natural text only {natural['copy']:.2f} "
-            f"on copied tokens ({natural['other']:.2f} on the others)")
+            f"on copied tokens ({natural['other']:.2f} on the others){_mixed(tasks)}")
+
+
+def _mixed(tasks: dict[str, Any]) -> str:
+    """What the model trained on repeated sequences mixed 50/50 with natural text copies in natural text."""
+    return f"; kept 50/50 in a mix with natural text, copying in natural text is {_learnt(tasks['mixed'])}" if "mixed" in tasks else ""
 
 
 def _learnt(task: dict[str, Any]) -> str:
