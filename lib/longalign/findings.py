@@ -125,7 +125,7 @@ def retrieval_why(out: Path) -> str:
     learnt = {name: _learnt(t) for name, t in d["tasks"].items()}
     return (f"benchmarks/bench_induction.py ({d['model']}, {d['steps']} steps, {d['tokens']:,} tokens from scratch): "
             f"copying by position {learnt['fixed_offset']}, copying by content {learnt['content']}, "
-            f"copying in natural text {learnt['natural']}{_curriculum(d['tasks'])}; retrieval needs copying by content, "
+            f"copying in natural text {learnt['natural']}{_curriculum(d['tasks'])}{_mixed(d['tasks'])}; retrieval needs copying by content, "
             f"and the cpu profile pretrains on natural text only")
 
 
@@ -137,7 +137,7 @@ def _curriculum(tasks: dict[str, Any]) -> str:
     content, natural = last["transfer"]["content"], last["transfer"]["natural"]
     return (f"; trained on repeated random sequences instead, copying them is {_learnt(tasks['repeated'])} and the model "
             f"copies by content on unseen examples ({content['copy']:.2f}), yet in natural text only {natural['copy']:.2f} "
-            f"on copied tokens ({natural['other']:.2f} on the others){_mixed(tasks)}")
+            f"on copied tokens ({natural['other']:.2f} on the others)")
 
 
 def _mixed(tasks: dict[str, Any]) -> str:
