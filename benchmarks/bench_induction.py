@@ -70,21 +70,14 @@ def _held(make, n: int = 32) -> list:
 
 def _train(make, held: list, vocab: int, steps: int, every: int, transfer: dict | None = None) -> dict:
     """A fresh model trained on ``make``'s examples; held-out copy accuracy (and on ``transfer`` sets) every ``every`` steps."""
-    rng = np.random.default_rng(0)
     model = models.tiny_llama(models.tiny_llama_config(vocab, hidden=HIDDEN, layers=LAYERS, max_position=LENGTH), seed=0)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-    evals, t0 = [], time.perf_counter()
-    for step in range(steps + 1):
-        if step % every == 0:
-            evals.append({"step": step, "tokens": step * BATCH * LENGTH, "s": round(time.perf_counter() - t0, 1),
-                          **copytasks.copy_accuracy(model, held),
-                          **({"transfer": {n: copytasks.copy_accuracy(model, ex) for n, ex in transfer.items()}} if transfer else {})})
-        if step < steps:
-            for group in opt.param_groups:  # linear warm-up over 20 steps, then constant
-                group["lr"] = LR * min(1.0, (step + 1) / 20)
-            ids, _ = copytasks.batch([make(rng) for _ in range(BATCH)])
-            model(input_ids=ids, labels=ids).loss.backward()
-            opt.step()
-            opt.zero_grad()
+    t0 = time.perf_counter()
+
+    def evaluate(m):
+        """Copy accuracy on the task's held-out set, and on each transfer set."""
+        return {**copytasks.copy_accuracy(m, held),
+                **({"transfer": {n: copytasks.copy_accuracy(m, ex) for n, ex in transfer.items()}} if transfer else {})}
+
+    evals = copytasks.train_copies(model, make, steps=steps, batch_size=BATCH, lr=LR, every=every, evaluate=evaluate)
     first = next((e["step"] for e in evals if e["copy"] >= 0.5), None)
     return {"evals": evals, "first_step_copy_ge_0.5": first, "seconds": round(time.perf_counter() - t0, 1)}

@@ -22,7 +22,7 @@ from common import machine  # noqa: E402
 
 from longalign import paths, records  # noqa: E402
 
-BENCHES = ("packing", "balance", "weights", "throughput", "attention", "memory", "induction")
+BENCHES = ("packing", "balance", "weights", "throughput", "attention", "memory", "induction", "length")
 
 
 def main(argv: list[str] | None = None) -> int:

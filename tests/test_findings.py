@@ -464,3 +464,21 @@ def test_why_quotes_the_repeat_curriculum_and_its_transfer(out):
                                            "first_step_copy_ge_0.5": 600, "seconds": 300.0}
     write_record(path, record)
     assert "kept 50/50 in a mix with natural text, copying in natural text is learnt by step 600" in findings.f5_context(out)["why"]
+
+
+def test_why_quotes_the_length_benchmark(out):
+    _context(0, before=6.0, after=6.1, same=6.0)
+    _context(1, before=6.2, after=6.3, same=6.2)
+    _induction(None)
+    assert "bench_length" not in findings.f5_context(out)["why"]  # not run: nothing quoted
+
+    def arm(steps, **last):
+        return {"length": 256, "steps": steps, "evals": [{"step": 0}, {"step": steps, **last}], "seconds": 1.0}
+    long_scores = {"far": 0.31, "far_other": 0.15, "near": 0.2, "near_other": 0.15}
+    arms = {"short": arm(1500, copy=0.6, other=0.1), "mid_sparse": arm(300, copy=0.27, other=0.14),
+            "mid_dense": arm(300, copy=0.55, other=0.12), "scratch_dense": arm(1800, copy=0.09, other=0.1),
+            "long_rope": arm(150, **long_scores), "long_same_base": arm(150, **{**long_scores, "far": 0.2})}
+    write_record(paths.results_dir("benchmarks") / "retrieval_length.json", {"name": "retrieval_length", "details": {"arms": arms}})
+    why = findings.f5_context(out)["why"]
+    assert "natural-text copying reaches 0.55 (0.12 on the others)" in why and "0.27 without it and 0.09 from scratch" in why
+    assert "150 steps at 2,048 tokens, copies >= 768 tokens back reach 0.31 (0.15 on the others) vs 0.20 with the same base" in why

@@ -41,6 +41,7 @@ NEEDLE_LONG0_MAX = 3.0
 SIM_TOLERANCE = 0.25
 # Findings 1, 2, 5 (why they fail): benchmarks/bench_induction.py's record, relative to outputs/
 INDUCTION_RECORD = "results/benchmarks/induction_copy_acc.json"
+LENGTH_RECORD = "results/benchmarks/retrieval_length.json"  # benchmarks/bench_length.py
 # Finding 6 (learning curves)
 CURVE_MIN_CHECKPOINTS = 10
 CURVE_REACH = 0.9
@@ -125,8 +126,8 @@ def retrieval_why(out: Path) -> str:
     learnt = {name: _learnt(t) for name, t in d["tasks"].items()}
     return (f"benchmarks/bench_induction.py ({d['model']}, {d['steps']} steps, {d['tokens']:,} tokens from scratch): "
             f"copying by position {learnt['fixed_offset']}, copying by content {learnt['content']}, "
-            f"copying in natural text {learnt['natural']}{_curriculum(d['tasks'])}{_mixed(d['tasks'])}; retrieval needs copying by content, "
-            f"and the cpu profile pretrains on natural text only")
+            f"copying in natural text {learnt['natural']}{_curriculum(d['tasks'])}{_mixed(d['tasks'])}{_length(Path(out))}; "
+            f"retrieval needs copying by content, and the cpu profile pretrains on natural text only")
 
 
 def _curriculum(tasks: dict[str, Any]) -> str:
@@ -143,6 +144,22 @@ def _curriculum(tasks: dict[str, Any]) -> str:
 def _mixed(tasks: dict[str, Any]) -> str:
     """What the model trained on repeated sequences mixed 50/50 with natural text copies in natural text."""
     return f"; kept 50/50 in a mix with natural text, copying in natural text is {_learnt(tasks['mixed'])}" if "mixed" in tasks else ""
+
+
+def _length(out: Path) -> str:
+    """What benchmarks/bench_length.py measured at 256 and 2,048 tokens (none when it has not run)."""
+    path = out / LENGTH_RECORD
+    if not path.is_file():
+        return ""
+    arms = read_record(path)["details"]["arms"]
+    last = {name: arm["evals"][-1] for name, arm in arms.items()}
+    rope, same = last["long_rope"], last["long_same_base"]
+    return (f"; at 256 tokens (benchmarks/bench_length.py) natural-text copying reaches {last['mid_dense']['copy']:.2f} "
+            f"({last['mid_dense']['other']:.2f} on the others) after a 64-token stage when natural text repeated with a random "
+            f"period is in the mix, {last['mid_sparse']['copy']:.2f} without it and {last['scratch_dense']['copy']:.2f} from "
+            f"scratch on as many tokens; after the RoPE base x200 and {arms['long_rope']['steps']} steps at 2,048 tokens, "
+            f"copies >= 768 tokens back reach {rope['far']:.2f} ({rope['far_other']:.2f} on the others) vs {same['far']:.2f} "
+            f"with the same base")
 
 
 def _learnt(task: dict[str, Any]) -> str:
