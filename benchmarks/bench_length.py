@@ -6,7 +6,8 @@ after the RoPE-base change to 2,048 (its extension). This measures, for the same
 128, 2 layers), each step of a short-to-long schedule, every arm on held-out natural text:
 
 - ``short``: 64 tokens, half repeated random sequences, half natural text with a repeated span
-  (``bench_induction``'s ``mixed`` arm, run longer);
+  (``bench_induction``'s ``mixed`` arm, run longer), scored on held-out natural text and repeated
+  sequences (the transition);
 - from its model, 256 tokens: ``mid_sparse`` keeps that mix; ``mid_dense`` adds natural text repeated
   with a random period (``copytasks.natural_repeat``: one third each);
 - ``scratch_dense``: the dense mix at 256 tokens from scratch, as many tokens as ``short`` + ``mid``
@@ -53,7 +54,10 @@ def run(quick: bool) -> dict:
     fresh = lambda length: models.tiny_llama(models.tiny_llama_config(len(tok), hidden=HIDDEN, layers=LAYERS,  # noqa: E731
                                                                       max_position=length), seed=0)
     arms, model = {}, fresh(SHORT)
-    arms["short"] = _stage(model, _mix(alphabet, train, SHORT, dense=False), SHORT, short_steps, LR, every, held[SHORT])
+    # at 64 tokens also held-out repeated random sequences: their copy accuracy marks the abrupt transition
+    repeats = _held(lambda r: copytasks.repeated_sequence(r, alphabet, SHORT))
+    arms["short"] = _stage(model, _mix(alphabet, train, SHORT, dense=False), SHORT, short_steps, LR, every,
+                           {"natural": held[SHORT], "repeated": repeats})
     sparse = _copy_of(model, MID)  # both 256-token arms start from the same 64-token model
     arms["mid_sparse"] = _stage(sparse, _mix(alphabet, train, MID, dense=False), MID, mid_steps, LR, every, held[MID])
     dense = _relengthen(model, MID)
