@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 import torch
+from common import held_examples as _held
 from common import result
 
 from longalign import models
@@ -60,12 +61,6 @@ def run(quick: bool) -> dict:
                   model=f"Llama hidden {HIDDEN}, {LAYERS} layers, vocab {len(tok)}",
                   steps=steps, tokens=steps * BATCH * LENGTH, batch=BATCH, length=LENGTH, lr=LR, alphabet=ALPHABET,
                   torch_threads=torch.get_num_threads(), tasks=curves)
-
-
-def _held(make, n: int = 32) -> list:
-    """``n`` held-out examples of a task, from a seed no training stream uses."""
-    rng = np.random.default_rng(12345)
-    return [make(rng) for _ in range(n)]
 
 
 def _train(make, held: list, vocab: int, steps: int, every: int, transfer: dict | None = None) -> dict:

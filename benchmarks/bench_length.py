@@ -23,11 +23,13 @@ after the RoPE-base change to 2,048 (its extension). This measures, for the same
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 
 import numpy as np
 import torch
+from common import held_examples as _held
 from common import result
 
 from longalign import context, models
@@ -58,9 +60,9 @@ def run(quick: bool) -> dict:
     repeats = _held(lambda r: copytasks.repeated_sequence(r, alphabet, SHORT))
     arms["short"] = _stage(model, _mix(alphabet, train, SHORT, dense=False), SHORT, short_steps, LR, every,
                            {"natural": held[SHORT], "repeated": repeats})
-    sparse = _copy_of(model, MID)  # both 256-token arms start from the same 64-token model
+    sparse = _at_length(copy.deepcopy(model), MID)  # both 256-token arms start from the same 64-token model
     arms["mid_sparse"] = _stage(sparse, _mix(alphabet, train, MID, dense=False), MID, mid_steps, LR, every, held[MID])
-    dense = _relengthen(model, MID)
+    dense = _at_length(model, MID)
     arms["mid_dense"] = _stage(dense, _mix(alphabet, train, MID, dense=True), MID, mid_steps, LR, every, held[MID])
     arms["scratch_dense"] = _stage(fresh(MID), _mix(alphabet, train, MID, dense=True), MID, short_steps + mid_steps,
                                    LR, every, held[MID])
@@ -100,23 +102,8 @@ def _scores(model, held: dict) -> dict:
     return out
 
 
-def _held(make, n: int = 32) -> list:
-    """``n`` held-out examples of a task, from a seed no training stream uses."""
-    rng = np.random.default_rng(12345)
-    return [make(rng) for _ in range(n)]
-
-
-def _copy_of(model, length: int):
-    """A copy of ``model`` whose config allows ``length`` positions (the original keeps training elsewhere)."""
-    import copy
-
-    clone = copy.deepcopy(model)
-    clone.config.max_position_embeddings = length
-    return clone
-
-
-def _relengthen(model, length: int):
-    """``model`` itself, now allowed ``length`` positions (RoPE is computed, so only the config limit changes)."""
+def _at_length(model, length: int):
+    """``model`` allowed ``length`` positions (RoPE is computed, so only the config limit changes)."""
     model.config.max_position_embeddings = length
     return model
 

@@ -60,6 +60,14 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
+def held_examples(make, n: int = 32) -> list:
+    """``n`` held-out examples of a copy task, from a seed no training stream uses."""
+    import numpy as np
+
+    rng = np.random.default_rng(12345)
+    return [make(rng) for _ in range(n)]
+
+
 def result(name: str, ours: float, baseline: float, goal: str, unit: str, met: bool, **details) -> dict:
     """One benchmark line: ours vs baseline, their ratio, the goal and whether it is met."""
     return {"name": name, "ours": round(ours, 6), "baseline": round(baseline, 6),

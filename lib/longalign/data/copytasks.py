@@ -13,6 +13,8 @@ token of each copy is left out: nothing announces where a copy starts).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -127,8 +129,6 @@ def train_copies(model: torch.nn.Module, make, *, steps: int, batch_size: int, l
     benchmarks compare data and schedules, so the optimiser stays the same everywhere.
     Each evaluation row: step, tokens trained so far, seconds, and what ``evaluate`` returns.
     """
-    import time
-
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     evals, tokens, t0 = [], 0, time.perf_counter()
