@@ -14,7 +14,7 @@ from fakeapi import fake_api, planted_keys  # noqa: F401  (pytest fixtures)
 from longalign import models, paths
 from longalign.eval import checkpoints, curves
 from longalign.plots.curves import plot_learning_curves
-from longalign.records import load_records, write_jsonl, write_record
+from longalign.records import DataError, load_records, write_jsonl, write_record
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -88,6 +88,14 @@ def test_evaluate_run_writes_one_record_per_checkpoint_and_task(monkeypatch):
     assert recs[0]["score"] == pytest.approx(sum(i["score"] for i in recs[0]["items"]) / 2)
     monkeypatch.setattr(curves, "score_items", lambda *a, **k: pytest.fail("finished records must not rerun"))
     assert curves.evaluate_run("fake-seed0", tasks, max_new_tokens={"long": 3, "short": 3}, progress=False) == recs
+    # other short items (another short_file or limit): only the short records are recomputed, and overwritten
+    calls = []
+    monkeypatch.setattr(curves, "score_items", lambda m, t, items, **k: calls.append(items) or (2.0, [
+        {"id": it["id"], "answer": "", "score": 2.0, "nll": 1.0} for it in items]))
+    other = {**tasks, "short": [{"id": "0", "prompt": "Say bye", "answer": "bye"}]}
+    again = curves.evaluate_run("fake-seed0", other, max_new_tokens={"long": 3, "short": 3}, progress=False)
+    assert calls == [other["short"]] * 2 and [r["score"] for r in again if r["task"] == "short"] == [2.0, 2.0]
+    assert [r for r in again if r["task"] == "long"] == [r for r in recs if r["task"] == "long"]
     df = load_records(paths.results_dir("curves"))
     assert len(df) == 4 and not math.isnan(curves.curve_frame(df)["relative"].iloc[0])
     assert (curves.curve_frame(df, metric="nll")["nll"] > 0).all()
@@ -103,6 +111,13 @@ def test_answer_nll_matches_manual_cross_entropy():
         logp = torch.log_softmax(model(torch.tensor([p + a])).logits[0], -1)
     ref = -sum(float(logp[len(p) - 1 + k, t]) for k, t in enumerate(a)) / len(a)
     assert curves.answer_nll(model, tok, "Who?", "Alice") == pytest.approx(ref, rel=1e-5)
+
+
+def test_answer_nll_fits_a_long_reference_into_a_short_window():
+    tok = models.cpu_tokenizer()
+    model = models.tiny_llama(models.tiny_llama_config(len(tok), hidden=32, layers=1, heads=2, max_position=64)).eval()
+    answer = "the quick brown fox jumps over the lazy dog " * 40  # far more tokens than the window
+    assert len(tok(answer)["input_ids"]) > 64 and math.isfinite(curves.answer_nll(model, tok, "Who? " * 30, answer))
 
 
 def test_long_items_missing_file_names_notebook_01(tmp_path):
@@ -153,3 +168,23 @@ def test_make_judge_overlap_is_offline():
     assert curves.make_judge("overlap") is None
     with pytest.raises(ValueError, match="model name"):
         curves.make_judge("openai")
+
+
+def test_short_items_from_a_heldout_file(tmp_path):
+    path = tmp_path / "heldout-short.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"A{i}"}]} for i in range(3)]
+    write_jsonl(path, rows)
+    items = curves.short_items(2, path)
+    assert items == [{"id": "0", "prompt": "Q0", "answer": "A0", "category": "heldout-short"},
+                     {"id": "1", "prompt": "Q1", "answer": "A1", "category": "heldout-short"}]
+    assert len(curves.short_items(None, path)) == 3
+    reqs = curves.judge_requests("short", items, {"0": "a", "1": "b"})  # graded as MT-Bench general questions
+    assert [r.item_id for r in reqs] == ["0-t1", "1-t1"]
+    with pytest.raises(FileNotFoundError, match="01_data_construction"):
+        curves.short_items(2, tmp_path / "missing.jsonl")
+    write_jsonl(path, [])
+    with pytest.raises(ValueError, match="heldout_short > 0"):
+        curves.short_items(2, path)
+    path.write_text('{"messages": [{"role": "user", "content": "Q"}]}\n{oops\n')
+    with pytest.raises(DataError, match=r"heldout-short\.jsonl:2"):
+        curves.short_items(2, path)

@@ -71,7 +71,7 @@ def test_profiles_build_the_same_run_configs(profile, out):
     p3 = script.profile_params(profile)  # scripts/train.py --profile and the notebook share these parameters
     assert p3 == _params(profile, "03_training_methods")
     (out / "models" / p3["base_model"]).mkdir(parents=True)
-    got = {"03": [_norm(c, out) for c in train.training_run_configs(p3, out)]}
+    got = {"03": [_norm(c, out) for c in train.training_run_configs(p3, out) + train.curve_run_configs(p3, out)]}
     p6 = _params(profile, "06_scaling")
     for v in p6["variants"]:
         (out / "models" / v.get("model", "tiny")).mkdir(parents=True, exist_ok=True)

@@ -135,3 +135,17 @@ def test_low_diversity_documents_come_from_one_source():
     out = low_diversity_documents(docs, 7)
     assert {d["source"] for d in out} == {"a"} and len({d["id"] for d in out}) == 7
     assert [d["id"] for d in out[:4]] == ["a0", "a1", "a2", "a0#1"]
+
+
+def test_short_rows_hold_out_the_rows_after_the_training_ones(tmp_path):
+    train, held = sharegpt.short_rows(12, 5, seed=3)
+    assert train == sharegpt.docstring_qa(12, 3)  # held-out rows leave the training rows unchanged
+    assert held == sharegpt.docstring_qa(17, 3)[12:] and len(held) == 5
+    assert not {r["meta"]["id"] for r in train} & {r["meta"]["id"] for r in held}
+    path = tmp_path / "sg.jsonl"
+    path.write_text("".join(json.dumps(_conv(("human", f"Q{i}"), ("gpt", f"A{i}"))) + "\n" for i in range(6)))
+    train, held = sharegpt.short_rows(4, 2, path)
+    assert [r["messages"][0]["content"] for r in train + held] == [f"Q{i}" for i in range(6)]
+    assert [len(x) for x in sharegpt.short_rows(10, 0, path)] == [6, 0]  # without held-out rows n is only a cap
+    with pytest.raises(ValueError, match=r"sg\.jsonl has 6 usable short rows, fewer than num_short \+ heldout_short = 7"):
+        sharegpt.short_rows(4, 3, path)

@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM
 from longalign import collate
 from longalign import models
 from longalign.loss import check_chunked_ce, forward_loss_sums, loss_sums, objective
-from longalign.train import TrainConfig, collate_micro_batch, run_training, seeds_of_method, suite_data, training_run_configs
+from longalign.train import (TrainConfig, collate_micro_batch, curve_run_configs, run_training, seeds_of_method, suite_data,
+                             training_run_configs)
 
 RECORD_KEYS = {"method", "seed", "wall_s", "tokens", "tokens_per_s", "padding_fraction", "final_loss_token",
                "final_loss_sequence", "log", "checkpoints", "machine", "steps"}
@@ -171,6 +172,24 @@ def test_notebook03_configs(tmp_path):
         training_run_configs({**params, "run_overrides": {"packing-seed5": {"save_steps": 1}}}, tmp_path)
     with pytest.raises(ValueError, match=r"run_overrides\['naive-seed5'\] has keys \['save_every'\]"):
         training_run_configs({**params, "run_overrides": {"naive-seed5": {"save_every": 1}}}, tmp_path)
+
+
+def test_curve_run_is_its_own_run_over_the_method_settings(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mix-long10.jsonl").write_text("")
+    params = {"methods": ["packing_weighted"], "suite": "long10", "seed": 5, "max_steps": 12, "base_model": "tiny",
+              "grad_accum": 2, "learning_rate": 1e-3, "method_overrides": {"packing_weighted": {"grad_accum": 4}}}
+    assert curve_run_configs(params, tmp_path) == [] == curve_run_configs({**params, "curve_run": {}}, tmp_path)
+    [cfg] = curve_run_configs({**params, "curve_run": {"num_epochs": 2.0, "max_steps": -1, "save_steps": 8}}, tmp_path)
+    assert cfg.name() == "curve-packing_weighted-seed5" and cfg.method == "packing_weighted" and cfg.seed == 5
+    assert (cfg.num_epochs, cfg.max_steps, cfg.save_steps) == (2.0, -1, 8)  # its own schedule, checkpoints along it
+    assert (cfg.grad_accum, cfg.learning_rate) == (4, 1e-3)  # the method's settings otherwise
+    assert cfg.data[0].endswith("mix-long10.jsonl")
+    assert cfg.name() not in {c.name() for c in training_run_configs(params, tmp_path)}  # not a compared run
+    [other] = curve_run_configs({**params, "curve_run": {"method": "packing", "seed": 9, "max_steps": 30}}, tmp_path)
+    assert (other.name(), other.grad_accum, other.max_steps) == ("curve-packing-seed9", 2, 30)
+    with pytest.raises(ValueError, match=r"curve_run has keys \['save_every'\] that are not TrainConfig fields"):
+        curve_run_configs({**params, "curve_run": {"save_every": 8}}, tmp_path)
 
 
 def test_packing_is_refused_for_chatglm_before_any_loading(tmp_path, outputs):

@@ -769,12 +769,16 @@ def method_settings(params: dict[str, Any], method: str) -> dict[str, Any]:
 
 def _overrides(params: dict[str, Any], key: str, name: str) -> dict[str, Any]:
     """``params[key][name]``, refused (naming both) when a key is not a TrainConfig field."""
-    overrides = dict((params.get(key) or {}).get(name) or {})
+    return _fields_only((params.get(key) or {}).get(name) or {}, f"{key}[{name!r}]")
+
+
+def _fields_only(overrides: dict[str, Any], label: str) -> dict[str, Any]:
+    """A copy of ``overrides``, refused (naming ``label``) when a key is not a TrainConfig field."""
     known = {f.name for f in fields(TrainConfig)}
     bad = sorted(set(overrides) - known)
     if bad:
-        raise ValueError(f"{key}[{name!r}] has keys {bad} that are not TrainConfig fields; known: {sorted(known)}")
-    return overrides
+        raise ValueError(f"{label} has keys {bad} that are not TrainConfig fields; known: {sorted(known)}")
+    return dict(overrides)
 
 
 def seeds_of_method(params: dict[str, Any], method: str) -> int:
@@ -800,7 +804,8 @@ def training_run_configs(params: dict[str, Any], outputs_root: Path) -> list[Tra
     over them (e.g. ``{"naive": {"grad_accum": 12, "max_len": 57344}}``: the paper's GA 12 and, for
     ChatGLM, 56k naive / sorted data, footnote 5). A naive / sorted ``grad_accum: None`` is derived
     here (:func:`derive_naive_grad_accum`), for the notebook and scripts/train.py alike. ``run_overrides``
-    (run name -> TrainConfig fields) comes last, e.g. intermediate checkpoints for the learning-curve run only.
+    (run name -> TrainConfig fields) comes last, e.g. one run's intermediate checkpoints. Notebook 05's own
+    learning-curve run is not a compared run: :func:`curve_run_configs`.
     """
     seed, num_seeds = params.get("seed", 0), params.get("num_seeds", 1)
     per_method = {m: seeds_of_method(params, m) for m in params["methods"]}
@@ -825,6 +830,26 @@ def training_run_configs(params: dict[str, Any], outputs_root: Path) -> list[Tra
     return [config_from_params(params, outputs_root, **{**settings[m], **_overrides(params, "run_overrides", name)},
                                method=m, seed=s, data=[str(suite_data(outputs_root, suite))], output_name=name)
             for m, s, suite, prefix in runs for name in [f"{prefix}{m}-seed{s}"]]
+
+
+def curve_run_configs(params: dict[str, Any], outputs_root: Path) -> list[TrainConfig]:
+    """Notebook 05's learning-curve run, ``curve-{method}-seed{seed}`` on ``suite``: ``curve_run``'s fields over the method's.
+
+    Empty ``curve_run`` (the paper profile, whose compared runs already save checkpoints): no run.
+    On the cpu profile the compared runs stop after a handful of steps, so the curve (Fig. 6: the
+    paper's 2 epochs, checkpoints along the way) gets its own run; its method is ``packing_weighted``
+    (the paper's Fig. 6 run) and its seed ``seed`` unless ``curve_run`` names others.
+    """
+    over = _fields_only(params.get("curve_run") or {}, "curve_run")
+    if not over:
+        return []
+    method, seed = over.pop("method", "packing_weighted"), over.pop("seed", params.get("seed", 0))
+    settings = method_settings(params, method)
+    if settings.get("grad_accum", 0) is None and method not in PACKED_METHODS:  # derived as for the compared runs
+        settings["grad_accum"] = derive_naive_grad_accum(params, outputs_root, settings.get("per_device_batch"))
+    return [config_from_params(params, outputs_root, **{**settings, **over}, method=method, seed=seed,
+                               data=[str(suite_data(outputs_root, params["suite"]))],
+                               output_name=f"curve-{method}-seed{seed}")]
 
 
 def derive_naive_grad_accum(params: dict[str, Any], outputs_root: Path, per_device_batch: int | None = None) -> int:

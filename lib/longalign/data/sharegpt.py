@@ -6,8 +6,10 @@ the short data + LongAlpaca-12k (paper profile) or, as the cpu stand-in, as many
 ``long10`` but of low diversity (one source, one task type). Offline, the short set is questions
 about the Python standard library's public functions and classes answered by their docstrings (a
 deterministic, licence-clean stand-in); MT-Bench questions are deliberately NOT used, because
-notebooks 05 and 07 evaluate on MT-Bench. Files: ``outputs/data/mix-{suite}.jsonl`` and
-``outputs/data/heldout-longqa.jsonl``.
+notebooks 05 and 07 evaluate on MT-Bench. The short rows after the training ones are held out
+(``heldout-short.jsonl``): the cpu profile's short task in notebook 05, because docstring Q/A does
+not teach MT-Bench answers. Files: ``outputs/data/mix-{suite}.jsonl``, ``outputs/data/heldout-longqa.jsonl``
+and ``outputs/data/heldout-short.jsonl``.
 """
 
 from __future__ import annotations
@@ -162,6 +164,20 @@ def docstring_qa(n: int, seed: int = 0, max_answer_chars: int = 1500) -> list[di
         rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
                      "meta": {"id": f"docstring:{name}", "source": "stdlib_docstrings", "kind": "short"}})
     return rows
+
+
+def short_rows(n: int, heldout: int = 0, path: str | Path | None = None, seed: int = 0,
+               skips: Counter | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the first ``n`` short rows for training, the next ``heldout`` for evaluation): ShareGPT at ``path`` or docstring Q/A.
+
+    The held-out rows follow the training rows in the same order, so they never overlap and adding
+    held-out rows leaves the training rows unchanged (exact duplicates are dropped by the loader).
+    """
+    rows = load_sharegpt(path, skips) if path is not None else docstring_qa(n + heldout, seed)
+    if heldout and len(rows) < n + heldout:  # without held-out rows, n is a cap (the paper: all of ShareGPT)
+        where = path if path is not None else "the stdlib docstrings"
+        raise ValueError(f"{where} has {len(rows)} usable short rows, fewer than num_short + heldout_short = {n + heldout}")
+    return rows[:n], rows[n:n + heldout]
 
 
 def build_suites(long_rows: list[dict[str, Any]], short_rows: list[dict[str, Any]],

@@ -1,7 +1,8 @@
 """Learning curves on a long and a short task over a run's checkpoints (paper Fig. 6), EMA-smoothed.
 
 The long task is notebook 01's held-out long QA, the short task the first turns of the MT-Bench
-questions that have a GPT-4 reference answer. Each (run, checkpoint, task) is one record under
+questions that have a GPT-4 reference answer (the paper) or notebook 01's held-out short rows (the
+cpu profile, whose short data does not teach MT-Bench answers). Each (run, checkpoint, task) is one record under
 ``outputs/results/curves/{run}/``: the mean judge score and every answer, plus the teacher-forced
 cross-entropy of the reference answers (``nll``), a smooth proxy that moves even while a small
 model's answers are still unusable. The cpu profile scores offline with
@@ -12,6 +13,8 @@ shows each value relative to the last checkpoint's, raw dotted and EMA-smoothed 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -58,15 +61,41 @@ def long_items(path: str | Path, limit: int | None = None) -> list[dict[str, Any
             for it in load_heldout(path, check_limit(limit, "long_limit"))]
 
 
-def short_items(limit: int | None = None) -> list[dict[str, Any]]:
-    """First turns of the MT-Bench questions with a GPT-4 reference answer, as ``{id, prompt, answer, category}``."""
+def short_items(limit: int | None = None, path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Short-task items ``{id, prompt, answer, category}``: MT-Bench first turns with a GPT-4 reference, or the chat rows at ``path``.
+
+    ``path`` is notebook 01's ``heldout-short.jsonl`` (short rows held out from training): the cpu
+    profile's short task, since its docstring Q/A teaches nothing MT-Bench measures. Ids are row
+    numbers (an LLM judge grades them as MT-Bench general questions, without the reference).
+    """
     from longalign.eval import mtbench
 
+    if path is not None:
+        return _heldout_short(Path(path), check_limit(limit, "short_limit"))
     refs = mtbench.load_reference_answers()
     items = [{"id": str(q["question_id"]), "prompt": q["turns"][0], "answer": refs[int(q["question_id"])][0],
               "category": q["category"]}
              for q in mtbench.load_questions() if int(q["question_id"]) in refs]
     return items[:check_limit(limit, "short_limit")]
+
+
+def _heldout_short(path: Path, limit: int | None) -> list[dict[str, Any]]:
+    """The first turn of each held-out short chat row as a curve item (malformed rows name ``file:line``)."""
+    from longalign.data.sharegpt import load_sharegpt
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebooks/01_data_construction.ipynb first (heldout_short > 0)")
+    rows = load_sharegpt(path, source="heldout-short")[:limit]
+    if not rows:
+        raise ValueError(f"{path} holds no usable short rows: set heldout_short > 0 in notebook 01")
+    return [{"id": str(k), "prompt": r["messages"][0]["content"], "answer": r["messages"][1]["content"],
+             "category": "heldout-short"} for k, r in enumerate(rows)]
+
+
+def items_key(items: list[dict[str, Any]]) -> str:
+    """Fingerprint of a task's items (ids, prompts, reference answers): a record of other items is stale."""
+    blob = json.dumps([[it["id"], it["prompt"], it["answer"]] for it in items], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 def curve_path(run: str, step: int, task: str, scorer: str = "overlap") -> Path:
@@ -83,15 +112,18 @@ def scorer_name(judge: Judge | None) -> str:
 
 def answer_nll(model, tokenizer, prompt, answer: str, max_input_tokens: int | None = None,
                max_answer_tokens: int = 256) -> float:
-    """Mean cross-entropy (nats/token) of the reference ``answer`` (+ EOS) after the chat-templated ``prompt``."""
+    """Mean cross-entropy (nats/token) of the reference ``answer`` (its first ``max_answer_tokens``, at most half the
+    model's window, + EOS) after the chat-templated ``prompt`` (cut to fit)."""
     import torch
     import torch.nn.functional as F
 
     from longalign.eval.generate import context_window, encode_prompt
 
-    target = tokenizer(answer, add_special_tokens=False)["input_ids"][:max_answer_tokens]
+    window = context_window(model) or 10**9
+    # at most half the window for the answer: a long reference must leave the prompt room
+    target = tokenizer(answer, add_special_tokens=False)["input_ids"][:min(max_answer_tokens, window // 2 - 1)]
     target += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    budget = (context_window(model) or 10**9) - len(target)
+    budget = window - len(target)
     prompt_ids = encode_prompt(tokenizer, prompt, budget if max_input_tokens is None else min(budget, max_input_tokens))
     ids = torch.tensor([prompt_ids + target])
     with torch.no_grad():
@@ -184,19 +216,20 @@ def checkpoint_record(run: str, step: int, task: str, model, tokenizer, items: l
         score, extra = mean_score(rows), {"scorer": scorer_name(judge), "n_nan": sum(r["score"] is None for r in rows)}
     return {"run": run, "step": step, "task": task, "score": None if math.isnan(score) else score,
             "n_items": len(rows), **extra, "nll": sum(r["nll"] for r in rows) / max(len(rows), 1),
-            "items": rows, "wall_s": time.time() - start}
+            "items_key": items_key(items), "items": rows, "wall_s": time.time() - start}
 
 
 def evaluate_run(run: str, tasks: dict[str, list[dict[str, Any]]], *, max_new_tokens: dict[str, int],
                  max_input_tokens: int | None = None, batch_size: int = 1, progress: bool = True,
                  judge: Judge | None = None) -> list[dict]:
-    """One record per (checkpoint, task) of ``run``; finished ones are read back, not recomputed."""
+    """One record per (checkpoint, task) of ``run``; finished ones of the same items are read back, not recomputed."""
     from tqdm.auto import tqdm
 
     records, incomplete, scorer = [], 0, scorer_name(judge)
+    keys = {t: items_key(items) for t, items in tasks.items()}
     with output_lock(paths.results_dir("curves") / run):  # a second evaluation of this run waits, then reads back
         for ckpt in tqdm(checkpoints.run_checkpoints(run), desc=f"curves {run}", disable=not progress):
-            todo = [t for t in tasks if not record_exists(curve_path(run, ckpt["step"], t, scorer))]
+            todo = [t for t in tasks if not _finished(curve_path(run, ckpt["step"], t, scorer), keys[t])]
             model, tokenizer = checkpoints.load_for_eval(ckpt["path"]) if todo else (None, None)
             for task in todo:
                 record = checkpoint_record(run, ckpt["step"], task, model, tokenizer, tasks[task], judge=judge,
@@ -206,11 +239,16 @@ def evaluate_run(run: str, tasks: dict[str, list[dict[str, Any]]], *, max_new_to
                 if record is not None:
                     write_record(curve_path(run, ckpt["step"], task, scorer), record)
             records += [read_record(curve_path(run, ckpt["step"], t, scorer)) for t in tasks
-                        if record_exists(curve_path(run, ckpt["step"], t, scorer))]
+                        if _finished(curve_path(run, ckpt["step"], t, scorer), keys[t])]
     if incomplete:
         print(f"[curves {run}] {incomplete} (checkpoint, task) cell(s) had failed judge calls: "
               f"no record written; rerun to retry")
     return records
+
+
+def _finished(path: Path, key: str) -> bool:
+    """A record of these items exists (another short_file or limit made other items: recomputed, overwritten)."""
+    return record_exists(path) and read_record(path).get("items_key") == key
 
 
 def curve_frame(df: pd.DataFrame, weight: float = 0.6, metric: str = "score") -> pd.DataFrame:
