@@ -437,3 +437,18 @@ def test_two_runs_on_one_file_write_each_document_once(tmp_path, stderr_recorder
     assert sorted(ids) == [d["id"] for d in docs]  # each document once, not once per run
     assert summaries["first"]["written"] == 4
     assert summaries["second"]["written"] == 0 and summaries["second"]["already_done"] == 4
+
+
+def test_load_rows_puts_generated_records_in_document_order(tmp_path):
+    from longalign.data.build import load_rows
+    from longalign.records import write_jsonl
+
+    docs = [{"id": f"d{k}"} for k in (3, 1, 2)]
+    finished = [{"meta": {"doc_id": i}, "messages": []} for i in ("d1", "old", "d2", "d3")]  # completion order
+    path = write_jsonl(tmp_path / "long.jsonl", finished)
+    assert [r["meta"]["doc_id"] for r in load_rows(path)] == ["d1", "old", "d2", "d3"]  # the file's order
+    # any completion order gives the documents' order; rows of other documents follow
+    for order in (finished, finished[::-1]):
+        write_jsonl(path, order)
+        assert [r["meta"]["doc_id"] for r in load_rows(path, docs)] == ["d3", "d1", "d2", "old"]
+    assert load_rows(tmp_path / "missing.jsonl", docs) == []

@@ -84,9 +84,20 @@ def make_client(backend: str, model: str, *, base_url: str | None = None, concur
                      **extra, **kwargs)
 
 
-def load_rows(path: str | Path) -> list[dict[str, Any]]:
-    """All rows of a JSONL file (empty list when it does not exist)."""
-    return list(read_jsonl(path)) if Path(path).is_file() else []
+def load_rows(path: str | Path, documents: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """All rows of a JSONL file (empty list when it does not exist); with ``documents``, in their order.
+
+    Generation appends each record when it finishes (``concurrency`` at once), so the file's order
+    varies from run to run; the documents' order does not. Every later step (the suites' seeded
+    sampling and shuffles, the held-out subsets) depends on the order, so same seed = same data needs
+    this one. Rows of other documents (an earlier run's) follow, by ``doc_id``.
+    """
+    rows = list(read_jsonl(path)) if Path(path).is_file() else []
+    if documents is None:
+        return rows
+    rank = {d["id"]: k for k, d in enumerate(documents)}
+    doc_id = lambda r: str(r.get("meta", {}).get("doc_id", ""))  # noqa: E731
+    return sorted(rows, key=lambda r: (rank.get(doc_id(r), len(rank)), doc_id(r)))
 
 
 def records_frame(rows: list[dict[str, Any]], tokenizer: Any) -> pd.DataFrame:
