@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -810,14 +811,7 @@ def training_run_configs(params: dict[str, Any], outputs_root: Path) -> list[Tra
     seed, num_seeds = params.get("seed", 0), params.get("num_seeds", 1)
     per_method = {m: seeds_of_method(params, m) for m in params["methods"]}
     seeds = [seed + k for k in range(num_seeds)]
-    settings = {m: method_settings(params, m) for m in {*params["methods"], "packing_weighted"}}
-    derived: dict[int | None, int] = {}  # one derivation per naive batch size (it tokenizes the suite)
-    for method, over in settings.items():
-        if "grad_accum" in over and over["grad_accum"] is None and method not in PACKED_METHODS:
-            batch = over.get("per_device_batch")
-            if batch not in derived:
-                derived[batch] = derive_naive_grad_accum(params, outputs_root, batch)
-            over["grad_accum"] = derived[batch]
+    settings = _resolved_settings(params, outputs_root, {*params["methods"], "packing_weighted"})
     # seed-major, so runs trained side by side (parallel_runs) pair up alike
     runs = [(m, s, params["suite"], "") for s in range(seed, seed + max(per_method.values(), default=0))
             for m in params["methods"] if s < seed + per_method[m]]
@@ -832,6 +826,19 @@ def training_run_configs(params: dict[str, Any], outputs_root: Path) -> list[Tra
             for m, s, suite, prefix in runs for name in [f"{prefix}{m}-seed{s}"]]
 
 
+def _resolved_settings(params: dict[str, Any], outputs_root: Path, methods: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """:func:`method_settings` of each method, a naive / sorted ``grad_accum: None`` derived (once per batch size)."""
+    settings = {m: method_settings(params, m) for m in methods}
+    derived: dict[int | None, int] = {}  # one derivation per naive batch size (it tokenizes the suite)
+    for method, over in settings.items():
+        if "grad_accum" in over and over["grad_accum"] is None and method not in PACKED_METHODS:
+            batch = over.get("per_device_batch")
+            if batch not in derived:
+                derived[batch] = derive_naive_grad_accum(params, outputs_root, batch)
+            over["grad_accum"] = derived[batch]
+    return settings
+
+
 def curve_run_configs(params: dict[str, Any], outputs_root: Path) -> list[TrainConfig]:
     """Notebook 05's learning-curve run, ``curve-{method}-seed{seed}`` on ``suite``: ``curve_run``'s fields over the method's.
 
@@ -844,9 +851,7 @@ def curve_run_configs(params: dict[str, Any], outputs_root: Path) -> list[TrainC
     if not over:
         return []
     method, seed = over.pop("method", "packing_weighted"), over.pop("seed", params.get("seed", 0))
-    settings = method_settings(params, method)
-    if settings.get("grad_accum", 0) is None and method not in PACKED_METHODS:  # derived as for the compared runs
-        settings["grad_accum"] = derive_naive_grad_accum(params, outputs_root, settings.get("per_device_batch"))
+    settings = _resolved_settings(params, outputs_root, [method])[method]  # as for the compared runs
     return [config_from_params(params, outputs_root, **{**settings, **over}, method=method, seed=seed,
                                data=[str(suite_data(outputs_root, params["suite"]))],
                                output_name=f"curve-{method}-seed{seed}")]

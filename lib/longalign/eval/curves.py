@@ -229,7 +229,8 @@ def evaluate_run(run: str, tasks: dict[str, list[dict[str, Any]]], *, max_new_to
     keys = {t: items_key(items) for t, items in tasks.items()}
     with output_lock(paths.results_dir("curves") / run):  # a second evaluation of this run waits, then reads back
         for ckpt in tqdm(checkpoints.run_checkpoints(run), desc=f"curves {run}", disable=not progress):
-            todo = [t for t in tasks if not _finished(curve_path(run, ckpt["step"], t, scorer), keys[t])]
+            done = {t: _current(curve_path(run, ckpt["step"], t, scorer), keys[t]) for t in tasks}
+            todo = [t for t in tasks if done[t] is None]
             model, tokenizer = checkpoints.load_for_eval(ckpt["path"]) if todo else (None, None)
             for task in todo:
                 record = checkpoint_record(run, ckpt["step"], task, model, tokenizer, tasks[task], judge=judge,
@@ -237,18 +238,20 @@ def evaluate_run(run: str, tasks: dict[str, list[dict[str, Any]]], *, max_new_to
                                            batch_size=batch_size)
                 incomplete += record is None
                 if record is not None:
-                    write_record(curve_path(run, ckpt["step"], task, scorer), record)
-            records += [read_record(curve_path(run, ckpt["step"], t, scorer)) for t in tasks
-                        if _finished(curve_path(run, ckpt["step"], t, scorer), keys[t])]
+                    path = curve_path(run, ckpt["step"], task, scorer)
+                    write_record(path, record)
+                    done[task] = read_record(path)  # as stored, like the records read back
+            records += [done[t] for t in tasks if done[t] is not None]
     if incomplete:
         print(f"[curves {run}] {incomplete} (checkpoint, task) cell(s) had failed judge calls: "
               f"no record written; rerun to retry")
     return records
 
 
-def _finished(path: Path, key: str) -> bool:
-    """A record of these items exists (another short_file or limit made other items: recomputed, overwritten)."""
-    return record_exists(path) and read_record(path).get("items_key") == key
+def _current(path: Path, key: str) -> dict[str, Any] | None:
+    """The record at ``path`` if it scored these items (another short_file or limit: None, recomputed, overwritten)."""
+    record = read_record(path) if record_exists(path) else None
+    return record if record is not None and record.get("items_key") == key else None
 
 
 def curve_frame(df: pd.DataFrame, weight: float = 0.6, metric: str = "score") -> pd.DataFrame:
