@@ -398,6 +398,12 @@ def run_all(notebooks: list[Path], profile: str, root: Path) -> tuple[list[dict[
     return rows, failure
 
 
+def outputs_root(profile: str) -> Path:
+    """The profile's outputs root (``LONGALIGN_OUTPUTS`` when set), exported so that every kernel writes there."""
+    os.environ.setdefault("LONGALIGN_OUTPUTS", str(paths.profile_outputs(profile)))
+    return paths.outputs()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu", choices=config.PROFILES)
@@ -406,7 +412,7 @@ def main() -> None:
     notebooks = select(args.notebooks)  # bad prefixes fail before anything is written
     check_param_files(args.profile)
     check_kernel()
-    root = paths.outputs()
+    root = outputs_root(args.profile)
     rows, failure = run_all(notebooks, args.profile, root)
     table, findings_error = write_findings(root)  # after a failure too: findings of what exists
     index = write_index(load_made_by(root), root)

@@ -107,3 +107,31 @@ def test_flow_style_section_falls_back_to_a_plain_dump(tiny_project):
 def test_missing_file_names_the_command(tiny_project):
     with pytest.raises(FileNotFoundError, match="write_param_files.py"):
         profiles.read_param_file("tiny", "00_a")
+
+
+def test_an_extending_profile_replaces_only_the_parameters_it_names(tiny_project):
+    (tiny_project / "tiny-long.yaml").write_text("extends: tiny\n00_a:\n  n: 30  # longer\n03_d:\n  k: 2\n")
+    merged = config.load_profile("tiny-long")
+    # a named parameter replaces the base's whole value; the others and the other sections are the base's
+    assert merged == {"00_a": {"n": 30, "names": ["x", "y"]}, "01_b": {"nested": {"k": 1}}, "03_d": {"k": 2}}
+    assert config.extended_profile("tiny-long") == "tiny" and config.extended_profile("tiny") is None
+    profiles.write_param_files(("tiny-long",))
+    text = (tiny_project / "tiny-long" / "00_a.yaml").read_text()
+    assert yaml.safe_load(text) == {"n": 30, "names": ["x", "y"]} and "configs/tiny.yaml with" in text
+    (tiny_project / "tiny.yaml").write_text(PROFILE.replace("names: [x, y]", "names: [z]"))
+    assert "tiny-long/00_a.yaml" in profiles.stale_param_files(("tiny-long",))  # a base edit reaches it
+
+
+@pytest.mark.parametrize("extends", ["tiny-loop", "self", "[tiny]"])
+def test_a_bad_or_cyclic_extends_is_refused_naming_the_file(tiny_project, extends):
+    (tiny_project / "self.yaml").write_text("extends: self\n")
+    (tiny_project / "tiny-loop.yaml").write_text("extends: tiny-bad\n")
+    (tiny_project / "tiny-bad.yaml").write_text(f"extends: {extends}\n00_a:\n  n: 1\n")
+    with pytest.raises(ValueError, match=r"(tiny-bad|self|tiny-loop)\.yaml.*must name another profile"):
+        config.load_profile("tiny-bad")
+
+
+def test_extends_an_unknown_profile_names_it(tiny_project):
+    (tiny_project / "tiny-bad.yaml").write_text("extends: nosuch\n")
+    with pytest.raises(FileNotFoundError, match="no profile 'nosuch'"):
+        config.load_profile("tiny-bad")

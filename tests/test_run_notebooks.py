@@ -214,6 +214,17 @@ def test_index_attributes_outputs(tmp_path, project_kernel):
     assert TCP_WARNING not in proc.stderr
 
 
+def test_each_profile_but_cpu_and_paper_writes_its_own_outputs_root(monkeypatch, tmp_path):
+    monkeypatch.delenv("LONGALIGN_OUTPUTS", raising=False)
+    assert run_notebooks.outputs_root("cpu-long") == paths.ROOT / "outputs-cpu-long"
+    assert os.environ["LONGALIGN_OUTPUTS"] == str(paths.ROOT / "outputs-cpu-long")  # the kernels inherit it
+    monkeypatch.delenv("LONGALIGN_OUTPUTS")
+    assert run_notebooks.outputs_root("cpu") == paths.ROOT / "outputs"
+    assert paths.profile_outputs("paper") == paths.ROOT / "outputs" and paths.profile_outputs("test").name == "outputs-test"
+    monkeypatch.setenv("LONGALIGN_OUTPUTS", str(tmp_path))  # an explicit root wins
+    assert run_notebooks.outputs_root("cpu-long") == tmp_path.resolve()
+
+
 def test_unknown_parameter_warning_is_dropped_only_for_declared_names():
     quiet = run_notebooks.DeclaredParameterFilter({"output_dir", "seed"})
     make = lambda msg: logging.LogRecord("papermill", logging.WARNING, __file__, 1, msg, None, None)

@@ -1,7 +1,9 @@
 """Profiles: ``configs/<profile>.yaml`` maps each notebook (by file stem) to its papermill parameters.
 
 ``cpu`` is the default laptop profile, ``paper`` the 8-GPU reproduction, ``test`` the tiny profile
-the test suite runs under nbval. Each section is also written as ``configs/<profile>/<notebook>.yaml``
+the test suite runs under nbval, ``cpu-long`` the cpu profile with longer training for the findings that
+do not fit in the 30-minute main job. A profile may start with ``extends: <profile>``: it then holds only
+the parameters it changes, each replacing the whole value of that parameter in the base profile. Each section is also written as ``configs/<profile>/<notebook>.yaml``
 (``scripts/write_param_files.py``) for plain ``papermill -f``; a test checks every section's keys
 against the notebook's ``parameters`` cell, because papermill only warns about unknown names.
 
@@ -22,18 +24,31 @@ import yaml
 
 from longalign import paths
 
-PROFILES = ("cpu", "paper", "test")
+PROFILES = ("cpu", "paper", "test", "cpu-long")
+EXTENDS = "extends"  # top-level key of a profile that overrides another one parameter by parameter
 
 
-def load_profile(profile: str) -> dict[str, dict[str, Any]]:
-    """The whole profile: notebook stem -> parameter dict."""
+def load_profile(profile: str, _seen: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """The whole profile: notebook stem -> parameter dict (an ``extends`` base merged under it)."""
     path = paths.CONFIGS / f"{profile}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no profile {profile!r}: {path} does not exist (known: {', '.join(PROFILES)})")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    base = data.pop(EXTENDS, None) if isinstance(data, dict) else None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ValueError(f"{path}: expected a mapping of notebook name -> parameter mapping")
-    return data
+    if base is None:
+        return data
+    if not isinstance(base, str) or base in (*_seen, profile):
+        raise ValueError(f"{path}: '{EXTENDS}: {base}' must name another profile, without a cycle")
+    parent = load_profile(base, (*_seen, profile))
+    return {stem: {**parent.get(stem, {}), **data.get(stem, {})} for stem in [*parent, *(s for s in data if s not in parent)]}
+
+
+def extended_profile(profile: str) -> str | None:
+    """The profile that ``profile`` extends (its ``extends`` key), None for a self-contained one."""
+    data = yaml.safe_load((paths.CONFIGS / f"{profile}.yaml").read_text(encoding="utf-8")) or {}
+    return data.get(EXTENDS) if isinstance(data, dict) else None
 
 
 def notebook_params(profile: str, notebook: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Every path the project writes or reads, built from one ROOT (showyourwork style).
 
-``LONGALIGN_OUTPUTS`` redirects all outputs (tests point it at a temporary folder);
+``LONGALIGN_OUTPUTS`` redirects all outputs (tests point it at a temporary folder; ``run_all.sh`` points
+it at ``outputs-<profile>/`` for every profile but cpu and paper, so their records never mix);
 ``LONGALIGN_CACHE`` redirects caches (tokenizers, converted models, API responses).
 Nothing else in the project builds output paths by hand. Folders that hold prompts, answers or a
 user's documents (``outputs/data``, the API response caches) are owner-only (0700, whatever the
@@ -23,6 +24,15 @@ SHARED: Path = ROOT.parent / "shared"  # reference material beside a checkout; o
 def outputs() -> Path:
     """Root of everything the notebooks write (``outputs/`` unless ``LONGALIGN_OUTPUTS`` is set)."""
     return Path(os.environ.get("LONGALIGN_OUTPUTS", ROOT / "outputs")).resolve()
+
+
+def profile_outputs(profile: str) -> Path:
+    """The default outputs root of a profile: ``outputs/`` for cpu and paper, ``outputs-<profile>/`` otherwise.
+
+    Finished runs and records are reused by name, so a profile that trains the same run names with
+    other settings (cpu-long, test) gets its own root instead of meeting the cpu profile's records.
+    """
+    return ROOT / ("outputs" if profile in ("cpu", "paper") else f"outputs-{profile}")
 
 
 def cache() -> Path:

@@ -50,6 +50,9 @@ def render_param_file(profile: str, notebook: str) -> str:
         body = yaml.safe_dump(section, sort_keys=False, default_flow_style=None, width=100)
     header = (f"# Generated from configs/{profile}.yaml [{stem}] by `{REGENERATE}`: edit that file.\n"
               f"# papermill notebooks/{stem}.ipynb out.ipynb -f configs/{profile}/{stem}.yaml\n")
+    base = config.extended_profile(profile)
+    if base:  # the merged values; the comments live in the two profile files
+        header += f"# configs/{base}.yaml with configs/{profile}.yaml's changes over it\n"
     return header + body
 
 
