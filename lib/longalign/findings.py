@@ -109,10 +109,16 @@ def _entry(fid: str, finding: str, paper: str, rule: str, ours: dict[str, Any], 
     return entry
 
 
+LONGER = {"f2": "the cpu profile's suite runs train 12 steps (1/8 of an epoch); the cpu-long profile trains 48, with "
+                "3 seeds (`./run_all.sh --profile cpu-long`, README's findings table)",
+          "f5": "the cpu profile continues pretraining for 24 steps; the cpu-long profile for 96, with 3 seeds "
+                "(`./run_all.sh --profile cpu-long`, README's findings table)"}  # what a longer run changes
+
+
 def _with_why(entry: dict[str, Any], out: Path) -> dict[str, Any]:
-    """A retrieval finding (1, 2, 5) measured and not holding gets ``why``: :func:`retrieval_why`."""
+    """A retrieval finding (1, 2, 5) measured and not holding gets ``why``: ``LONGER``'s note, :func:`retrieval_why`."""
     if not entry["holds"] and "missing" not in entry:
-        entry["why"] = retrieval_why(out)
+        entry["why"] = "; ".join([*([LONGER[entry["id"]]] if entry["id"] in LONGER else []), retrieval_why(out)])
     return entry
 
 
@@ -270,12 +276,15 @@ def f1_long_data(out: Path) -> dict[str, Any]:
     """Finding 1 (Table 2, Fig. 4): more long SFT data → better needle retrieval at the longest length, short tasks kept."""
     rule = (f"needle mean score (0-10) at the longest grid length every suite run has, averaged over depths, mean over "
             f"seeds: long10 >= {NEEDLE_LONG10_MIN:g} and long0 <= {NEEDLE_LONG0_MAX:g} and long5 >= long0. Reported, "
-            f"not gating: short_within_spread = |short(long10) - short(long0)| <= the largest seed spread of the short metric")
+            f"not gating: short_within_spread = |short(long10) - short(long0)| <= the largest seed spread of the short metric, "
+            f"and heldout_loss, notebook 03's held-out long-QA {HELDOUT_KEY} per suite")
     scores, length, lengths = needle_scores(out)
     arms = arms_of(scores, suite_of)
     short, short_metric = _short_by_suite(out)
+    heldout = arms_of(heldout_losses(out), suite_of)  # reported beside the needle: the long task as a loss
     ours = {"metric": "needle score", "length": length, "lengths_seen": lengths, "suites": arms,
-            "short": {"metric": short_metric, "suites": short, **_short_flag(short)}}
+            "short": {"metric": short_metric, "suites": short, **_short_flag(short)},
+            "heldout_loss": {"metric": f"held-out long-QA {HELDOUT_KEY} (notebook 03, lower is better)", "suites": heldout}}
     need = [s for s in ("long0", "long5", "long10") if s not in arms]
     missing = (f"needle records at a common length of {', '.join(suite_run(s, 0) for s in need)} "
                f"(notebook 04 on notebook 03's suite runs)") if need else None
@@ -283,6 +292,7 @@ def f1_long_data(out: Path) -> dict[str, Any]:
     holds = not need and m["long10"] >= NEEDLE_LONG10_MIN and m["long0"] <= NEEDLE_LONG0_MAX and m["long5"] >= m["long0"]
     summary = f"needle @{length}: {_means(arms, SUITES)}" if arms else "no needle records"
     summary += f"; short ({short_metric.split(' (')[0]}): {_means(short, SUITES)}" if short else ""
+    summary += f"; held-out long-QA loss (reported): {_means(heldout, SUITES)}" if heldout else ""
     return _with_why(_entry("f1", "More long instruction data improves long tasks without hurting short ones",
                             "LongBench-Chat 3.73 (0k) / 5.97 (5k) / 6.21 (10k), MT-Bench 5.34 / 5.51 / 5.50 (Table 2); "
                             "needle 1k-60k near perfect with 10k, fails at long lengths with 0k (Fig. 4)",
@@ -314,20 +324,21 @@ def _short_flag(short: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def f2_diversity(out: Path) -> dict[str, Any]:
     """Finding 2 (Table 2): diverse long data (long10) beats LongAlpaca-style data on the long task."""
-    scores, source = judged_scores(out, LONG_BENCHMARKS)
-    arms = arms_of(scores, suite_of)
-    metric = f"long-task score ({source}, notebook 07)"
-    if not {"long10", "longalpaca"} <= arms.keys():
+    arms, metric, higher = _long_task_metric(out, suite_of, ("long10", "longalpaca"))
+    if not arms:
         needle, length, _ = needle_scores(out)
-        arms = arms_of(needle, suite_of)
-        metric = f"needle score at {length} tokens (notebook 04; notebook 07 has no long-task score of both suites)"
-    rule = ("mean over seeds of the long-task metric (higher is better): long10 beats longalpaca by more than the "
-            "larger seed spread of the two (needs >= 2 seeds)")
+        arms, higher = arms_of(needle, suite_of), True
+        metric = f"needle score at {length} tokens (notebook 04; no long-task score or loss of both suites)"
+    rule = ("mean over seeds of the long-task metric: long10 better than longalpaca (higher score / lower loss) by "
+            f"more than the larger seed spread of the two (needs >= 2 seeds); {LONG_TASK_SOURCE}; notebook 04's "
+            "needle score when neither has both suites")
     need = [s for s in ("long10", "longalpaca") if s not in arms]
     missing = (f"long-task scores of {', '.join(suite_run(s, 0) for s in need)} (notebook 07 with checkpoint_runs "
-               f"matching the suite runs, or notebook 04)") if need else None
-    # higher is better here: long10 − longalpaca
-    gain, margin = _gain(arms, "long10", "longalpaca") if not need else (None, None)
+               f"matching the suite runs, notebook 03's held-out loss, or notebook 04)") if need else None
+    gain = margin = None
+    if not need:  # long10's advantage: long10 − longalpaca for a score, the reverse for a loss
+        diff = arms["long10"]["mean"] - arms["longalpaca"]["mean"]
+        gain, margin = (diff if higher else -diff), max(arms["long10"]["spread"], arms["longalpaca"]["spread"])
     few = None if need else _few_seeds(arms, ("long10", "longalpaca"))
     holds = not need and few is None and gain > margin
     summary = _means(arms, ("long10", "longalpaca")) or "no long-task scores"
@@ -335,8 +346,8 @@ def f2_diversity(out: Path) -> dict[str, Any]:
         summary += f"; gain {_fmt(gain, 3)} (margin {_fmt(margin, 3)})"
     return _with_why(_entry("f2", "Diverse long instruction data beats LongAlpaca on long instruction following",
                             "LongBench-Chat 6.21 (LongAlign-10k) vs 4.46 (LongAlpaca-12k); MT-Bench 5.50 vs 4.93 (Table 2)",
-                            rule, {"metric": metric, "suites": arms, "gain": gain, "margin": margin}, holds, summary,
-                            missing, note=few), out)
+                            rule, {"metric": metric, "higher_is_better": higher, "suites": arms, "gain": gain,
+                                   "margin": margin}, holds, summary, missing, note=few), out)
 
 
 def f3_speed(out: Path) -> dict[str, Any]:
@@ -398,12 +409,10 @@ def _quality(out: Path) -> dict[str, Any]:
 
 def f4_loss_weighting(out: Path) -> dict[str, Any]:
     """Finding 4 (Table 3): loss weighting improves packing on the long task by more than the seed noise."""
-    arms, metric, higher = _weighting_metric(out)
+    arms, metric, higher = _long_task_metric(out, method_of, ("packing", "packing_weighted"))
     rule = ("per seed, packing_weighted vs packing on the long task; holds iff the weighted arm's mean is better "
             "(higher score / lower loss) by more than the larger seed spread of the two arms (needs >= 2 seeds each); "
-            "of the sources whose values are not one value for all seeds (a judge floor ranks nothing), the one "
-            "with the most seeds in its smaller arm (the difference is small: issue 11 asks for 3 seeds), "
-            f"notebook 07's long-task score before notebook 03's held-out long-QA {HELDOUT_KEY} on a tie")
+            f"{LONG_TASK_SOURCE} (the difference is small: issue 11 asks for 3 seeds)")
     paper = ("LongBench-Chat 6.21 vs 5.76 (ChatGLM3-6B-64k), 6.10 vs 5.89 (Llama-2-7B-64k): +5-10 % (Table 3)")
     finding = "Loss weighting improves packing training on long instruction tasks"
     need = [m for m in ("packing", "packing_weighted") if m not in arms]
@@ -420,24 +429,30 @@ def f4_loss_weighting(out: Path) -> dict[str, Any]:
     return _entry("f4", finding, paper, rule, ours, few is None and gain > margin, summary, note=few)
 
 
-def _weighting_metric(out: Path) -> tuple[dict[str, dict[str, Any]], str, bool]:
-    """(arms of packing / packing_weighted, metric name, higher is better): the source with the most seeds per arm."""
+LONG_TASK_SOURCE = ("the long-task values come from notebook 07's long-task score or notebook 03's held-out long-QA "
+                    f"{HELDOUT_KEY}: of those holding both arms with more than one value over their seeds (a judge "
+                    "floor ranks nothing), the one with the most seeds in its smaller arm, notebook 07's on a tie")
+
+
+def _long_task_metric(out: Path, key: Callable[[str], tuple[str, int] | None],
+                      pair: tuple[str, str]) -> tuple[dict[str, dict[str, Any]], str, bool]:
+    """(arms of ``pair``, metric name, higher is better) from the long-task source ``LONG_TASK_SOURCE`` picks."""
     scores, source = judged_scores(out, LONG_BENCHMARKS)
-    candidates = [(arms_of(scores, method_of), f"long-task score ({source}, notebook 07)", True),
-                  (arms_of(heldout_losses(out), method_of), f"held-out long-QA {HELDOUT_KEY} (notebook 03)", False)]
+    candidates = [(arms_of(scores, key), f"long-task score ({source}, notebook 07)", True),
+                  (arms_of(heldout_losses(out), key), f"held-out long-QA {HELDOUT_KEY} (notebook 03)", False)]
     # A score that is the same for every seed of both arms (tiny models' overlap score sits at its floor)
     # cannot rank them: the next source decides.
-    both = [c for c in candidates if {"packing", "packing_weighted"} <= c[0].keys() and _varies(c[0])]
+    both = [c for c in candidates if set(pair) <= c[0].keys() and _varies(c[0], pair)]
     if not both:
         return {}, "none", True
     # More seeds resolve a smaller difference; max() keeps the first (notebook 07's score) on a tie.
-    arms, metric, higher = max(both, key=lambda c: min(c[0][m]["seeds"] for m in ("packing", "packing_weighted")))
-    return {m: arms[m] for m in ("packing", "packing_weighted")}, metric, higher
+    arms, metric, higher = max(both, key=lambda c: min(c[0][a]["seeds"] for a in pair))
+    return {a: arms[a] for a in pair}, metric, higher
 
 
-def _varies(arms: dict[str, dict[str, Any]]) -> bool:
-    """Whether packing / packing_weighted hold more than one distinct value over all their seeds."""
-    return len({v for m in ("packing", "packing_weighted") for v in arms[m]["per_seed"].values()}) > 1
+def _varies(arms: dict[str, dict[str, Any]], pair: tuple[str, str]) -> bool:
+    """Whether the two arms hold more than one distinct value over all their seeds."""
+    return len({v for a in pair for v in arms[a]["per_seed"].values()}) > 1
 
 
 CONTEXT_ARMS = {"extended": "after-rope", "no_extension": "before", "same_base": "after-same-base",
