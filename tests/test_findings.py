@@ -263,11 +263,12 @@ def test_f4_missing(out):
 # ----------------------------------------------------------------------------------------------- finding 5
 
 
-def _context(seed: int | None, before: float, after: float, same: float) -> None:
-    for variant, loss in (("before", before), ("before-rope", before + 1), ("after-rope", after),
-                          ("after-same-base", same)):
+def _context(seed: int | None, before: float, after: float, same: float, short: tuple[float, float] = (3.0, 3.0)) -> None:
+    """Notebook 02's four records of one seed; ``short``: loss_short before and after extension."""
+    for variant, loss, within in (("before", before, short[0]), ("before-rope", before + 1, short[0]),
+                                  ("after-rope", after, short[1]), ("after-same-base", same, short[1])):
         rec = {"variant": variant, "model": "m", "eval_len": 2048, "short_len": 256, "windows": 6,
-               "loss_short": 3.0, "loss_long": loss, "bins": [[1.0, 3.0]]}
+               "loss_short": within, "loss_long": loss, "bins": [[1.0, 3.0]]}
         name = variant if seed is None else f"{variant}-seed{seed}"  # notebook 02's record names
         write_record(paths.results_dir("context") / f"{name}.json", rec if seed is None else {**rec, "seed": seed})
 
@@ -287,6 +288,16 @@ def test_f5_two_seeds_hold_and_fail(out):
     assert entry["holds"] is True and entry["ours"]["beats_same_base"] is True
     _context(1, before=6.2, after=6.3, same=4.4)  # seed 1's extension did not help: spread swamps the gain
     assert findings.f5_context(out)["holds"] is False
+
+
+def test_f5_reports_how_much_of_the_gain_positions_within_short_len_also_get(out):
+    _context(0, before=6.0, after=5.0, same=5.1, short=(5.0, 4.3))  # 1.0 beyond, 0.7 of it within too
+    _context(1, before=6.2, after=5.1, same=5.2, short=(5.2, 4.3))
+    entry = findings.f5_context(out)
+    assert entry["holds"] is True  # the gate is the loss beyond short_len alone
+    assert entry["ours"]["gain_within_short_len"] == pytest.approx(0.8)
+    assert entry["ours"]["beyond_minus_within"] == pytest.approx(1.05 - 0.8)
+    assert "within short_len the gain is 0.800" in entry["summary"]
 
 
 def test_f5_missing(out):
@@ -427,7 +438,7 @@ def test_markdown_table(out):
     entries = findings.build_findings(out)
     entries[0]["paper"] = "a | b"
     table = findings.markdown_table(entries).splitlines()
-    assert table[0] == "| finding | paper | cpu profile | holds |" and len(table) == 2 + 7
+    assert table[0] == "| finding | paper | this run | holds |" and len(table) == 2 + 7
     assert "a \\| b" in table[2] and table[2].endswith("| no |") and "missing:" in table[2]
     row = table[5]
     assert row.endswith("| yes |") and "weighted 2.225 ± 0.050 vs packing 2.550 ± 0.100" in row

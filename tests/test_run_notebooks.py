@@ -168,7 +168,7 @@ def test_main_writes_findings_and_indexes_them_after_a_failed_notebook(tmp_path,
     summary = index[index.index("## Summary results"):index.index("## Record folders")]
     assert "| [`results/findings.json`](results/findings.json) |" in summary and "`run_notebooks`" in summary
     out = capsys.readouterr().out
-    assert "| finding | paper | cpu profile | holds |" in out and re.search(r"^00_packing_explained +FAILED", out, re.M)
+    assert "| finding | paper | this run | holds |" in out and re.search(r"^00_packing_explained +FAILED", out, re.M)
 
 
 @pytest.mark.slow
