@@ -2,7 +2,7 @@
 # Main job: set up the environment, then run every notebook (or a subset) headless with papermill.
 #   ./run_all.sh                 # cpu profile, all notebooks, figures into outputs/figures/
 #   ./run_all.sh --profile paper # the 8-GPU reproduction (see README)
-#   ./run_all.sh --profile cpu-long # longer cpu training for findings 2 and 5, into outputs-cpu-long/ (~1 h)
+#   ./run_all.sh --profile cpu-long # longer cpu training for findings 2 and 5, into outputs-cpu-long/ (48 min)
 #   ./run_all.sh 00 03           # only notebooks whose names start with 00 or 03
 # Shows each notebook's progress, ends with a table of times and figures and writes outputs/INDEX.md.
 # Arguments are checked first: a bad one stops the script before anything is installed or written.
