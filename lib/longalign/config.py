@@ -42,7 +42,7 @@ def load_profile(profile: str, _seen: tuple[str, ...] = ()) -> dict[str, dict[st
     if not isinstance(base, str) or base in (*_seen, profile):
         raise ValueError(f"{path}: '{EXTENDS}: {base}' must name another profile, without a cycle")
     parent = load_profile(base, (*_seen, profile))
-    return {stem: {**parent.get(stem, {}), **data.get(stem, {})} for stem in [*parent, *(s for s in data if s not in parent)]}
+    return {stem: {**parent.get(stem, {}), **data.get(stem, {})} for stem in {**parent, **data}}  # base's order first
 
 
 def extended_profile(profile: str) -> str | None:

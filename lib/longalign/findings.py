@@ -335,10 +335,7 @@ def f2_diversity(out: Path) -> dict[str, Any]:
     need = [s for s in ("long10", "longalpaca") if s not in arms]
     missing = (f"long-task scores of {', '.join(suite_run(s, 0) for s in need)} (notebook 07 with checkpoint_runs "
                f"matching the suite runs, notebook 03's held-out loss, or notebook 04)") if need else None
-    gain = margin = None
-    if not need:  # long10's advantage: long10 − longalpaca for a score, the reverse for a loss
-        diff = arms["long10"]["mean"] - arms["longalpaca"]["mean"]
-        gain, margin = (diff if higher else -diff), max(arms["long10"]["spread"], arms["longalpaca"]["spread"])
+    gain, margin = _gain(arms, "longalpaca", "long10", higher) if not need else (None, None)
     few = None if need else _few_seeds(arms, ("long10", "longalpaca"))
     holds = not need and few is None and gain > margin
     summary = _means(arms, ("long10", "longalpaca")) or "no long-task scores"
@@ -420,8 +417,8 @@ def f4_loss_weighting(out: Path) -> dict[str, Any]:
         return _entry("f4", finding, paper, rule, {"metric": metric, "methods": arms}, False, "no long-task values",
                       f"long-task values of {need} runs (notebook 07 scores or notebook 03 results/training)")
     w, p = arms["packing_weighted"], arms["packing"]
-    gain = (w["mean"] - p["mean"]) if higher else (p["mean"] - w["mean"])
-    margin, few = max(w["spread"], p["spread"]), _few_seeds(arms, ("packing", "packing_weighted"))
+    gain, margin = _gain(arms, "packing", "packing_weighted", higher)
+    few = _few_seeds(arms, ("packing", "packing_weighted"))
     ours = {"metric": metric, "higher_is_better": higher, "methods": {"packing": p, "packing_weighted": w},
             "gain": gain, "margin": margin, "direction": "weighting better" if gain > 0 else "worse"}
     summary = (f"{metric.split(' (')[0]}: weighted {_fmt(w['mean'], 3)} ± {_fmt(w['spread'], 3)} vs "
@@ -507,9 +504,10 @@ def _context_arms(out: Path, column: str = "loss_long") -> dict[str, dict[str, A
     return {a: st for a, st in arms.items() if st["seeds"]}
 
 
-def _gain(arms: dict[str, dict[str, Any]], worse: str, better: str) -> tuple[float, float]:
-    """(mean of ``worse`` − mean of ``better``, the larger seed spread of the two) for a lower-is-better metric."""
-    return arms[worse]["mean"] - arms[better]["mean"], max(arms[worse]["spread"], arms[better]["spread"])
+def _gain(arms: dict[str, dict[str, Any]], worse: str, better: str, higher: bool = False) -> tuple[float, float]:
+    """(how far ``better``'s mean beats ``worse``'s, the larger seed spread of the two); ``higher``: higher is better."""
+    diff = arms[worse]["mean"] - arms[better]["mean"]
+    return -diff if higher else diff, max(arms[worse]["spread"], arms[better]["spread"])
 
 
 def f6_curves(out: Path) -> dict[str, Any]:
